@@ -1,0 +1,160 @@
+//! An in-memory media layer for the sequence tests: deterministic values, every call recorded,
+//! any call made to fail, the remote track made never to arrive, and a probe that tells whether
+//! the PeerConnection was closed and the tasks stopped.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{IceServer, MediaEngine};
+use crate::audio::{AudioSource, Frame, FRAME_DURATION};
+
+/// The offer the fake PeerConnection creates: what Chromium's offer holds, with fixed values.
+pub const FAKE_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS callme\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:fAkE\r\na=ice-pwd:fakepasswordfakepassword\r\na=ice-options:trickle\r\na=fingerprint:sha-256 0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4\r\na=setup:actpass\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=sendrecv\r\na=msid:callme audio\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=ssrc:1001 cname:fakecname\r\n";
+
+/// What the test can see of the fake after the fact.
+#[derive(Debug, Clone, Default)]
+pub struct FakeProbe {
+    calls: Arc<Mutex<Vec<String>>>,
+    closed: Arc<AtomicBool>,
+    running: Arc<AtomicUsize>,
+}
+
+impl FakeProbe {
+    /// The media calls made, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    /// Whether `close` was called (after a PeerConnection existed or not).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+    /// Tasks the fake started that are still running.
+    pub fn running_tasks(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+/// The fake media layer.
+#[derive(Debug)]
+pub struct FakeMedia {
+    probe: FakeProbe,
+    fail: Option<&'static str>,
+    no_track: bool,
+    remote_tone: Option<f32>,
+    offer: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeMedia {
+    pub fn new() -> (Self, FakeProbe) {
+        let probe = FakeProbe::default();
+        (
+            FakeMedia { probe: probe.clone(), fail: None, no_track: false, remote_tone: None, offer: FAKE_OFFER.to_owned(), task: None },
+            probe,
+        )
+    }
+    /// Makes the call named `call` (e.g. `"createOffer"`) fail.
+    pub fn failing(mut self, call: &'static str) -> Self {
+        self.fail = Some(call);
+        self
+    }
+    /// Makes the remote track never arrive (step 18 times out).
+    pub fn without_remote_track(mut self) -> Self {
+        self.no_track = true;
+        self
+    }
+    /// Makes the remote track carry a tone at `hz` once playing.
+    pub fn hearing(mut self, hz: f32) -> Self {
+        self.remote_tone = Some(hz);
+        self
+    }
+    /// Makes createOffer return this SDP.
+    pub fn with_offer(mut self, sdp: &str) -> Self {
+        self.offer = sdp.to_owned();
+        self
+    }
+
+    fn call(&self, name: &str) -> Result<(), String> {
+        self.probe.calls.lock().unwrap().push(name.to_owned());
+        match self.fail {
+            Some(f) if f == name => Err(format!("{name} failed (injected by the test)")),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl MediaEngine for FakeMedia {
+    async fn get_user_media(&mut self, source: AudioSource) -> Result<String, String> {
+        self.call("getUserMedia")?;
+        let d = source.describe();
+        source.open()?;
+        Ok(format!("fake stream: {d}"))
+    }
+    async fn create_peer_connection(&mut self, ice_servers: &[IceServer]) -> Result<(), String> {
+        self.call("createPeerConnection")?;
+        let _ = ice_servers;
+        Ok(())
+    }
+    async fn create_offer(&mut self) -> Result<String, String> {
+        self.call("createOffer")?;
+        Ok(self.offer.clone())
+    }
+    async fn set_local_description(&mut self, _sdp: &str) -> Result<(), String> {
+        self.call("setLocalDescription")
+    }
+    async fn set_remote_description(&mut self, sdp: &str) -> Result<(), String> {
+        self.call("setRemoteDescription")?;
+        if !sdp.contains("a=ice-ufrag:") {
+            return Err("the answer has no a=ice-ufrag".into());
+        }
+        Ok(())
+    }
+    async fn remote_track(&mut self) -> Result<String, String> {
+        self.call("ontrack")?;
+        if self.no_track {
+            std::future::pending::<()>().await;
+        }
+        Ok("audio track, opus/48000/2".into())
+    }
+    async fn play(&mut self, heard: mpsc::Sender<Frame>) -> Result<(), String> {
+        self.call("play")?;
+        let mut source = match self.remote_tone {
+            Some(hz) => AudioSource::tone(hz).open()?,
+            None => AudioSource::Silence.open()?,
+        };
+        let running = self.probe.running.clone();
+        running.fetch_add(1, Ordering::SeqCst);
+        self.task = Some(tokio::spawn(async move {
+            struct Done(Arc<AtomicUsize>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let _done = Done(running);
+            let mut tick = tokio::time::interval(FRAME_DURATION);
+            loop {
+                tick.tick().await;
+                if heard.try_send(source.next_frame()).is_err() && heard.is_closed() {
+                    return;
+                }
+            }
+        }));
+        Ok(())
+    }
+    async fn ended(&mut self) -> String {
+        std::future::pending::<String>().await
+    }
+    async fn close(&mut self) {
+        self.probe.calls.lock().unwrap().push("close".into());
+        self.probe.closed.store(true, Ordering::SeqCst);
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The media layer: the browser-like calls the seed names, behind one trait.
+//!
+//! [`MediaEngine`] is what the typestates call, one method per media row of the seed's table.
+//! [`RtcMedia`] implements it with webrtc-rs over real UDP and libopus; [`fake::FakeMedia`]
+//! implements it in memory for the sequence tests. [`sdp`] reads the offer (step 9) and writes
+//! the core's answer (step 15); neither the engine nor the SDP code knows about signaling.
+
+pub mod fake;
+pub mod rtc;
+pub mod sdp;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::audio::{AudioSource, Frame};
+
+pub use rtc::{RtcMedia, RtcOptions};
+
+/// An ICE server for the PeerConnection, from `conf.webrtc.servdesc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceServer {
+    pub url: String,
+    pub username: String,
+    pub credential: String,
+}
+
+/// The calls the seed makes on the browser's media APIs. Errors are a reason in words; the
+/// typestates add the step.
+#[async_trait]
+pub trait MediaEngine: Send {
+    /// Steps 1–2: open the audio source; returns a description of the local stream.
+    async fn get_user_media(&mut self, source: AudioSource) -> Result<String, String>;
+    /// Step 6: create the PeerConnection with these ICE servers and add the local audio track.
+    async fn create_peer_connection(&mut self, ice_servers: &[IceServer]) -> Result<(), String>;
+    /// Steps 7–8: create the offer; returns its SDP.
+    async fn create_offer(&mut self) -> Result<String, String>;
+    /// Steps 10–11: apply the offer locally.
+    async fn set_local_description(&mut self, sdp: &str) -> Result<(), String>;
+    /// Steps 16–17: apply the core's answer.
+    async fn set_remote_description(&mut self, sdp: &str) -> Result<(), String>;
+    /// Step 18: resolves when the remote audio track arrives; returns a description of it.
+    async fn remote_track(&mut self) -> Result<String, String>;
+    /// Step 19: start sending the local audio and decoding the remote track; every decoded
+    /// 20 ms frame goes to `heard` (dropped, not queued without bound, if the receiver lags).
+    async fn play(&mut self, heard: mpsc::Sender<Frame>) -> Result<(), String>;
+    /// In the call: resolves with a reason when the media session ends (ICE or DTLS failed, closed).
+    async fn ended(&mut self) -> String;
+    /// Closes the PeerConnection and stops every task; idempotent.
+    async fn close(&mut self);
+}

@@ -1,0 +1,283 @@
+//! The real media layer: a webrtc-rs PeerConnection over UDP, Opus by libopus.
+//!
+//! The PeerConnection offers one `sendrecv` audio section (Opus 48 kHz, the `ssrc-audio-level`
+//! and `sdes:mid` header extensions) and is a full ICE agent; the core is ICE-lite. Loopback
+//! candidates are gathered too, so a core on `127.0.0.1` is reached. After step 19 two tasks run:
+//! one sends a 20 ms Opus frame of the local source per tick, one reads the remote track, conceals
+//! lost packets, decodes, and hands each frame to the application. [`RtcMedia::close`] stops both
+//! and closes the PeerConnection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine as RtcMediaEngine, MIME_TYPE_OPUS};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice_transport::ice_server::RTCIceServer;
+use webrtc::interceptor::registry::Registry;
+use webrtc::media::Sample;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
+use webrtc::track::track_local::TrackLocal;
+use webrtc::track::track_remote::TrackRemote;
+
+use super::sdp::{EXT_AUDIO_LEVEL, EXT_SDES_MID};
+use super::{IceServer, MediaEngine};
+use crate::audio::opus_codec;
+use crate::audio::{AudioSource, Frame, LocalAudio, FRAME_DURATION};
+
+/// Choices for the real media layer.
+#[derive(Debug, Clone)]
+pub struct RtcOptions {
+    /// Use only relayed (TURN) candidates, as `iceTransportPolicy: "relay"`.
+    pub relay_only: bool,
+    /// Gather loopback candidates (needed to reach a core on 127.0.0.1).
+    pub loopback: bool,
+    /// The Opus payload type offered.
+    pub opus_pt: u8,
+}
+
+impl Default for RtcOptions {
+    fn default() -> Self {
+        RtcOptions { relay_only: false, loopback: true, opus_pt: 111 }
+    }
+}
+
+/// webrtc-rs behind [`MediaEngine`].
+pub struct RtcMedia {
+    options: RtcOptions,
+    local: Option<LocalAudio>,
+    pc: Option<Arc<RTCPeerConnection>>,
+    track: Option<Arc<TrackLocalStaticSample>>,
+    remote_rx: Option<mpsc::Receiver<Arc<TrackRemote>>>,
+    remote: Option<Arc<TrackRemote>>,
+    state: Option<watch::Receiver<RTCPeerConnectionState>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Default for RtcMedia {
+    fn default() -> Self {
+        Self::new(RtcOptions::default())
+    }
+}
+
+impl RtcMedia {
+    pub fn new(options: RtcOptions) -> Self {
+        RtcMedia { options, local: None, pc: None, track: None, remote_rx: None, remote: None, state: None, tasks: Vec::new() }
+    }
+
+    fn opus_capability() -> RTCRtpCodecCapability {
+        RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        }
+    }
+
+    fn pc(&self) -> Result<&Arc<RTCPeerConnection>, String> {
+        self.pc.as_ref().ok_or_else(|| "no PeerConnection (step 6 did not run)".to_owned())
+    }
+}
+
+fn text<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+#[async_trait]
+impl MediaEngine for RtcMedia {
+    async fn get_user_media(&mut self, source: AudioSource) -> Result<String, String> {
+        let d = source.describe();
+        self.local = Some(source.open()?);
+        Ok(format!("48 kHz mono: {d}"))
+    }
+
+    async fn create_peer_connection(&mut self, ice_servers: &[IceServer]) -> Result<(), String> {
+        let mut media = RtcMediaEngine::default();
+        media
+            .register_codec(
+                RTCRtpCodecParameters { capability: Self::opus_capability(), payload_type: self.options.opus_pt, ..Default::default() },
+                RTPCodecType::Audio,
+            )
+            .map_err(text)?;
+        for uri in [EXT_AUDIO_LEVEL, EXT_SDES_MID] {
+            media
+                .register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }, RTPCodecType::Audio, None)
+                .map_err(text)?;
+        }
+        let registry = register_default_interceptors(Registry::new(), &mut media).map_err(text)?;
+        let mut settings = SettingEngine::default();
+        settings.set_include_loopback_candidate(self.options.loopback);
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .build();
+        let config = RTCConfiguration {
+            ice_servers: ice_servers
+                .iter()
+                .map(|s| RTCIceServer { urls: vec![s.url.clone()], username: s.username.clone(), credential: s.credential.clone() })
+                .collect(),
+            ice_transport_policy: if self.options.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All },
+            ..Default::default()
+        };
+        let pc = Arc::new(api.new_peer_connection(config).await.map_err(text)?);
+
+        let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        pc.on_peer_connection_state_change(Box::new(move |s| {
+            let _ = state_tx.send(s);
+            Box::pin(async {})
+        }));
+        let (track_tx, track_rx) = mpsc::channel(1);
+        pc.on_track(Box::new(move |track, _receiver, _transceiver| {
+            let tx = track_tx.clone();
+            Box::pin(async move {
+                let _ = tx.try_send(track);
+            })
+        }));
+
+        let track = Arc::new(TrackLocalStaticSample::new(Self::opus_capability(), "audio".to_owned(), "callme".to_owned()));
+        let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.map_err(text)?;
+        // RTCP for the sender must be read for the interceptors to work.
+        self.tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while sender.read(&mut buf).await.is_ok() {}
+        }));
+        self.pc = Some(pc);
+        self.track = Some(track);
+        self.remote_rx = Some(track_rx);
+        self.state = Some(state_rx);
+        Ok(())
+    }
+
+    async fn create_offer(&mut self) -> Result<String, String> {
+        let offer = self.pc()?.create_offer(None).await.map_err(text)?;
+        Ok(offer.sdp)
+    }
+
+    async fn set_local_description(&mut self, sdp: &str) -> Result<(), String> {
+        let desc = RTCSessionDescription::offer(sdp.to_owned()).map_err(text)?;
+        self.pc()?.set_local_description(desc).await.map_err(text)
+    }
+
+    async fn set_remote_description(&mut self, sdp: &str) -> Result<(), String> {
+        let desc = RTCSessionDescription::answer(sdp.to_owned()).map_err(text)?;
+        self.pc()?.set_remote_description(desc).await.map_err(text)
+    }
+
+    async fn remote_track(&mut self) -> Result<String, String> {
+        let rx = self.remote_rx.as_mut().ok_or("no PeerConnection (step 6 did not run)")?;
+        let track = rx.recv().await.ok_or("the PeerConnection closed before a track arrived")?;
+        let codec = track.codec();
+        let d = format!("{} {}/{} ssrc {}", track.kind(), codec.capability.mime_type, codec.capability.clock_rate, track.ssrc());
+        self.remote = Some(track);
+        Ok(d)
+    }
+
+    async fn play(&mut self, heard: mpsc::Sender<Frame>) -> Result<(), String> {
+        let remote = self.remote.clone().ok_or("no remote track (step 18 did not run)")?;
+        let track = self.track.clone().ok_or("no local track (step 6 did not run)")?;
+        let mut local = self.local.take().ok_or("no local audio (steps 1–2 did not run)")?;
+        let mut encoder = opus_codec::Encoder::new()?;
+        let mut decoder = opus_codec::Decoder::new()?;
+
+        self.tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FRAME_DURATION);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Ok(packet) = encoder.encode(&local.next_frame()) else { continue };
+                let sample = Sample { data: Bytes::from(packet), duration: FRAME_DURATION, ..Default::default() };
+                if track.write_sample(&sample).await.is_err() {
+                    break;
+                }
+            }
+        }));
+
+        self.tasks.push(tokio::spawn(async move {
+            let mut last_seq: Option<u16> = None;
+            while let Ok((packet, _)) = remote.read_rtp().await {
+                let seq = packet.header.sequence_number;
+                if let Some(last) = last_seq {
+                    let gap = seq.wrapping_sub(last);
+                    if gap == 0 || gap > 0x8000 {
+                        continue; // duplicate or late: already concealed
+                    }
+                    // Conceal up to five lost packets (100 ms); a longer gap is a pause.
+                    for _ in 1..gap.min(6) {
+                        if let Ok(f) = decoder.decode(None) {
+                            let _ = heard.try_send(f);
+                        }
+                    }
+                }
+                last_seq = Some(seq);
+                if packet.payload.is_empty() {
+                    continue;
+                }
+                match decoder.decode(Some(&packet.payload)) {
+                    Ok(f) => {
+                        if heard.try_send(f).is_err() && heard.is_closed() {
+                            // Nobody listens any more; keep draining so the PeerConnection does
+                            // not back up.
+                        }
+                    }
+                    Err(e) => tracing::debug!("undecodable Opus packet {seq}: {e}"),
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    async fn ended(&mut self) -> String {
+        let Some(state) = self.state.as_mut() else { return "no PeerConnection".into() };
+        loop {
+            let s = *state.borrow_and_update();
+            match s {
+                RTCPeerConnectionState::Failed => return "the PeerConnection failed (ICE or DTLS)".into(),
+                RTCPeerConnectionState::Closed => return "the PeerConnection closed".into(),
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                return "the PeerConnection is gone".into();
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(pc) = self.pc.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
+        }
+        self.track = None;
+        self.remote = None;
+        self.remote_rx = None;
+    }
+}
+
+impl Drop for RtcMedia {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(pc) = self.pc.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = pc.close().await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! A signaling session with the core over any transport of text frames.
+//!
+//! The session owns the transport; nothing runs in the background. Each wait reads frames until
+//! the one it waits for arrives or its deadline passes, and routes every other frame on the way:
+//! answers are matched to commands by `seq`, events by `obj.evt.evttype` and `PartyID`. An event
+//! the sequence will need later (`servdesc` before the answer to CALLME_S1, say) is kept and used
+//! when its step comes; an unrelated one (`timer.time`, `conf.changed`), one for another party or
+//! a duplicate is recorded and passed over. Every frame goes into the [`Transcript`].
+//!
+//! [`Session::connect`] opens a WebSocket (tokio-tungstenite, sub-protocol `PalladaWSData`);
+//! [`Session::over`] takes any `Sink<String>` + `Stream<Item = Inbound>`, which is how the
+//! sequence tests script the core in memory.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::error::{Cause, Error, Result, Stage};
+use crate::transcript::{Routing, Side, Transcript, What};
+use crate::wire::{self, Answer, ClusterId, Command, Event, Incoming, Loaded, PartyId, SchemeId};
+
+/// What a transport yields: a text frame, or the end of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Text(String),
+    Closed { reason: String },
+}
+
+/// Any duplex channel of text frames: a WebSocket, or an in-memory scripted core.
+pub trait Transport: Sink<String, Error = String> + Stream<Item = Inbound> + Send + Unpin {}
+impl<T> Transport for T where T: Sink<String, Error = String> + Stream<Item = Inbound> + Send + Unpin {}
+
+/// How long each kind of wait may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening the WebSocket.
+    pub open: Duration,
+    /// An answer to a command.
+    pub answer: Duration,
+    /// An event the sequence waits for (`servdesc`, `servufrag`).
+    pub event: Duration,
+    /// A media call, and the remote track (step 18).
+    pub media: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            open: Duration::from_secs(5),
+            answer: Duration::from_secs(5),
+            event: Duration::from_secs(5),
+            media: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Events the sequence waits for, and so keeps when they come early.
+const SEQUENCE_EVENTS: [&str; 2] = [wire::ServDesc::EVENT, wire::ServUfrag::EVENT];
+/// The event that ends a party's media session.
+pub const DISCONNECTED: &str = "conf.webrtc.Disconnected";
+
+/// A signaling session: one WebSocket (or other transport) to the core.
+pub struct Session {
+    transport: Pin<Box<dyn Transport>>,
+    next_seq: u64,
+    /// Sequence events that arrived before their step, with the step they arrived in.
+    kept: VecDeque<(u8, Event)>,
+    /// Sequence events already used in the current media session.
+    used: HashSet<String>,
+    own_party: Option<PartyId>,
+    closed: Option<String>,
+    transcript: Transcript,
+    timeouts: Timeouts,
+    host: Option<String>,
+}
+
+impl Session {
+    /// Opens a WebSocket to `url` (`ws://HOST:PORT/ws`) offering the `PalladaWSData` sub-protocol.
+    pub async fn connect(url: &str) -> Result<Session> {
+        Self::connect_with(url, Timeouts::default()).await
+    }
+
+    /// [`Session::connect`] with chosen timeouts.
+    pub async fn connect_with(url: &str, timeouts: Timeouts) -> Result<Session> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+        let err = |cause| Error::new(Stage::Open, cause);
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| err(Cause::Invalid { reason: format!("url {url:?}: {e}") }))?;
+        let host = request.uri().host().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_owned());
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(wire::SUBPROTOCOL));
+        let (ws, _response) = tokio::time::timeout(timeouts.open, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| err(Cause::TimedOut { waiting_for: format!("the WebSocket {url}"), after: timeouts.open }))?
+            .map_err(|e| err(Cause::Transport { reason: format!("{url}: {e}") }))?;
+        let mut session = Session::over(websocket_transport(ws), timeouts);
+        session.host = host;
+        session.transcript.record(0, Side::Ws, What::Call { name: "open".into(), detail: url.to_owned() });
+        Ok(session)
+    }
+
+    /// A session over any transport of text frames.
+    pub fn over(transport: impl Transport + 'static, timeouts: Timeouts) -> Session {
+        Session {
+            transport: Box::pin(transport),
+            next_seq: 1,
+            kept: VecDeque::new(),
+            used: HashSet::new(),
+            own_party: None,
+            closed: None,
+            transcript: Transcript::new(),
+            timeouts,
+            host: None,
+        }
+    }
+
+    /// Sets the host used for the core's candidate when `servufrag` has no `addr`.
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// The host of the WebSocket URL, if known.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// A handle to this session's transcript.
+    pub fn transcript(&self) -> Transcript {
+        self.transcript.clone()
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Sends a command and waits for its answer (any code). Frames on the way are routed.
+    pub async fn request(&mut self, stage: Stage, cmd: Command) -> Result<Answer> {
+        let seq = self.send(stage, cmd.clone(), true).await?;
+        self.answer(stage, seq, &cmd.cmd).await
+    }
+
+    /// `cd.load`: loads (or joins) the conference `scheme` and returns the session's own party.
+    pub async fn load(mut self, cluster: ClusterId, scheme: SchemeId, name: &str) -> Result<Party> {
+        let mut cmd = Command::new("cd", "load").param("ClusterID", cluster).param("SchemeID", scheme);
+        if !name.is_empty() {
+            cmd = cmd.param("NAME", name);
+        }
+        let answer = self.request(Stage::Load, cmd).await?;
+        let ok = [wire::code::OK, wire::code::LOAD_CONNECTED, wire::code::LOAD_ALREADY_CONNECTED];
+        if let Some(refusal) = answer.refusal(&ok) {
+            return Err(Error::new(Stage::Load, Cause::Refused(refusal)));
+        }
+        let loaded = Loaded::from_answer(&answer, cluster).map_err(|e| Error::new(Stage::Load, Cause::Malformed(e)))?;
+        self.own_party = Some(loaded.party);
+        Ok(Party { session: self, loaded })
+    }
+
+    /// Sends a command; `seq` is allocated unless `want_answer` is false (then `seq` is 0).
+    pub(crate) async fn send(&mut self, stage: Stage, mut cmd: Command, want_answer: bool) -> Result<u64> {
+        let step = stage.transcript_step();
+        if let Some(reason) = &self.closed {
+            return Err(Error::new(stage, Cause::Disconnected { reason: reason.clone() }));
+        }
+        cmd.seq = if want_answer {
+            let s = self.next_seq;
+            self.next_seq += 1;
+            s
+        } else {
+            0
+        };
+        if cmd.cmd == "CALLME_S1" {
+            // A new media session: its events may come again.
+            self.used.clear();
+            self.kept.clear();
+        }
+        let frame = cmd.to_frame();
+        self.transcript.record(step, Side::Ws, What::Sent { frame: frame.clone() });
+        self.transport
+            .send(frame)
+            .await
+            .map_err(|reason| Error::new(stage, Cause::Transport { reason }))?;
+        Ok(cmd.seq)
+    }
+
+    /// Best-effort send that records but never fails (for the clean-up after a failure).
+    pub(crate) async fn send_quietly(&mut self, stage: Stage, cmd: Command) {
+        if self.closed.is_none() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.send(stage, cmd, false)).await;
+        }
+    }
+
+    /// Waits for the answer with this `seq`.
+    pub(crate) async fn answer(&mut self, stage: Stage, seq: u64, cmd: &str) -> Result<Answer> {
+        let deadline = Instant::now() + self.timeouts.answer;
+        let waiting_for = format!("the answer to {cmd} (seq {seq})");
+        loop {
+            let (frame, incoming) = self.read(stage, deadline, &waiting_for, self.timeouts.answer).await?;
+            match incoming {
+                Incoming::Answer(a) if a.seq == seq => {
+                    self.record_received(stage, frame, Routing::Answer);
+                    return Ok(a);
+                }
+                Incoming::Answer(_) => self.record_received(stage, frame, Routing::Stale),
+                Incoming::Event(e) => {
+                    self.route_event(stage, frame, e, None)?;
+                }
+            }
+        }
+    }
+
+    /// Waits for the event `name` addressed to the own party (or kept from an earlier step).
+    pub(crate) async fn event(&mut self, stage: Stage, name: &str) -> Result<Event> {
+        if let Some(i) = self.kept.iter().position(|(_, e)| e.name() == name) {
+            let (from_step, e) = self.kept.remove(i).expect("position is in range");
+            self.used.insert(name.to_owned());
+            self.transcript
+                .record(stage.transcript_step(), Side::Ws, What::Kept { name: name.to_owned(), from_step });
+            return Ok(e);
+        }
+        let deadline = Instant::now() + self.timeouts.event;
+        let waiting_for = format!("the event {name}");
+        loop {
+            let (frame, incoming) = self.read(stage, deadline, &waiting_for, self.timeouts.event).await?;
+            match incoming {
+                Incoming::Answer(_) => self.record_received(stage, frame, Routing::Stale),
+                Incoming::Event(e) => {
+                    if let Some(e) = self.route_event(stage, frame, e, Some(name))? {
+                        return Ok(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the next event of any kind (in the call). `Disconnected` comes back as an error.
+    pub async fn next_event(&mut self, stage: Stage) -> Result<Event> {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            let (frame, incoming) = self.read(stage, far, "an event", Duration::MAX).await?;
+            match incoming {
+                Incoming::Answer(_) => self.record_received(stage, frame, Routing::Stale),
+                Incoming::Event(e) => {
+                    if e.name() == DISCONNECTED && self.is_own(&e) {
+                        self.record_received(stage, frame, Routing::Fatal);
+                        return Err(Error::new(stage, Cause::Disconnected { reason: "the core sent conf.webrtc.Disconnected".into() }));
+                    }
+                    let routing = if self.is_own(&e) { Routing::Event } else { Routing::OtherParty };
+                    self.record_received(stage, frame, routing);
+                    if routing == Routing::Event {
+                        return Ok(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes an event read while waiting for `wanted` (or for an answer when `None`). Returns the
+    /// event if it is the wanted one; fails on `Disconnected`.
+    fn route_event(&mut self, stage: Stage, frame: String, e: Event, wanted: Option<&str>) -> Result<Option<Event>> {
+        let name = e.name();
+        if !self.is_own(&e) {
+            self.record_received(stage, frame, Routing::OtherParty);
+            return Ok(None);
+        }
+        if name == DISCONNECTED {
+            self.record_received(stage, frame, Routing::Fatal);
+            return Err(Error::new(stage, Cause::Disconnected { reason: "the core sent conf.webrtc.Disconnected".into() }));
+        }
+        if wanted == Some(name.as_str()) {
+            if self.used.insert(name) {
+                self.record_received(stage, frame, Routing::Event);
+                return Ok(Some(e));
+            }
+            self.record_received(stage, frame, Routing::Duplicate);
+            return Ok(None);
+        }
+        if SEQUENCE_EVENTS.contains(&name.as_str()) {
+            if self.used.contains(&name) || self.kept.iter().any(|(_, k)| k.name() == name) {
+                self.record_received(stage, frame, Routing::Duplicate);
+            } else {
+                self.record_received(stage, frame, Routing::Early);
+                self.kept.push_back((stage.transcript_step(), e));
+            }
+            return Ok(None);
+        }
+        self.record_received(stage, frame, Routing::Unrelated);
+        Ok(None)
+    }
+
+    fn is_own(&self, e: &Event) -> bool {
+        match (e.party(), self.own_party) {
+            (Some(p), Some(own)) => p == own,
+            _ => true,
+        }
+    }
+
+    fn record_received(&self, stage: Stage, frame: String, routing: Routing) {
+        self.transcript.record(stage.transcript_step(), Side::Ws, What::Received { frame, routing });
+    }
+
+    /// Reads and parses the next frame before `deadline`.
+    async fn read(&mut self, stage: Stage, deadline: Instant, waiting_for: &str, after: Duration) -> Result<(String, Incoming)> {
+        if let Some(reason) = &self.closed {
+            return Err(Error::new(stage, Cause::Disconnected { reason: reason.clone() }));
+        }
+        let next = tokio::time::timeout_at(deadline, self.transport.next()).await;
+        let inbound = match next {
+            Err(_) => return Err(Error::new(stage, Cause::TimedOut { waiting_for: waiting_for.to_owned(), after })),
+            Ok(None) => Inbound::Closed { reason: "the connection ended".into() },
+            Ok(Some(i)) => i,
+        };
+        match inbound {
+            Inbound::Closed { reason } => {
+                self.transcript.record(stage.transcript_step(), Side::Ws, What::Closed { reason: reason.clone() });
+                self.closed = Some(reason.clone());
+                Err(Error::new(stage, Cause::Disconnected { reason: format!("the WebSocket closed ({reason})") }))
+            }
+            Inbound::Text(frame) => match Incoming::parse(&frame) {
+                Ok(incoming) => Ok((frame, incoming)),
+                Err(e) => {
+                    self.record_received(stage, frame, Routing::Fatal);
+                    Err(Error::new(stage, Cause::Malformed(e)))
+                }
+            },
+        }
+    }
+
+    /// Closes the transport (best effort).
+    pub async fn close(&mut self) {
+        if self.closed.is_none() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.transport.close()).await;
+            self.closed = Some("closed by us".into());
+        }
+    }
+}
+
+/// The session's own party in a running conference, after `cd.load`.
+pub struct Party {
+    pub(crate) session: Session,
+    pub(crate) loaded: Loaded,
+}
+
+impl Party {
+    pub fn id(&self) -> PartyId {
+        self.loaded.party
+    }
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+    pub fn transcript(&self) -> Transcript {
+        self.session.transcript()
+    }
+    /// The session, for commands of one's own between steps.
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+    /// The params every CALLME command carries: `ClusterID`, `ID`, `PartyID`.
+    pub(crate) fn callme(&self, cmd: &str) -> Command {
+        Command::new("conf", cmd)
+            .param("ClusterID", self.loaded.cluster)
+            .param("ID", self.loaded.conf)
+            .param("PartyID", self.loaded.party)
+    }
+}
+
+/// A tokio-tungstenite WebSocket as a [`Transport`].
+fn websocket_transport<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> impl Transport
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    let (sink, stream) = ws.split();
+    let sink = sink
+        .sink_map_err(|e| e.to_string())
+        .with(|text: String| futures::future::ready(Ok::<_, String>(Message::text(text))));
+    let mut ended = false;
+    let stream = stream
+        .map(|m| match m {
+            Ok(Message::Text(t)) => Some(Inbound::Text(t.to_string())),
+            Ok(Message::Binary(b)) => Some(Inbound::Text(String::from_utf8_lossy(&b).into_owned())),
+            Ok(Message::Close(frame)) => Some(Inbound::Closed {
+                reason: match frame {
+                    Some(f) => format!("close code {} {}", u16::from(f.code), f.reason),
+                    None => "close frame without code".into(),
+                },
+            }),
+            Ok(_) => None,
+            Err(e) => Some(Inbound::Closed { reason: e.to_string() }),
+        })
+        .filter_map(futures::future::ready)
+        .take_while(move |i| {
+            let go = !ended;
+            ended |= matches!(i, Inbound::Closed { .. });
+            futures::future::ready(go)
+        });
+    Joined { sink: Box::pin(sink), stream: Box::pin(stream) }
+}
+
+/// A sink and a stream as one transport.
+struct Joined<K, S> {
+    sink: Pin<Box<K>>,
+    stream: Pin<Box<S>>,
+}
+
+impl<K: Sink<String, Error = String>, S> Sink<String> for Joined<K, S> {
+    type Error = String;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), String>> {
+        self.sink.as_mut().poll_ready(cx)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: String) -> Result<(), String> {
+        self.sink.as_mut().start_send(item)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), String>> {
+        self.sink.as_mut().poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), String>> {
+        self.sink.as_mut().poll_close(cx)
+    }
+}
+
+impl<K, S: Stream<Item = Inbound>> Stream for Joined<K, S> {
+    type Item = Inbound;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Inbound>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}

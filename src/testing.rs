@@ -1,0 +1,326 @@
+//! A scripted core in memory, for sequence tests (ours, and an application's own).
+//!
+//! [`ScriptedCore`] answers `cd.load`, `CALLME_S1` and `CALLME_S2` as `docs/protocol.md` says,
+//! with fixed values, synchronously as each frame is sent, and can be told to misbehave in every
+//! way a real core or network can: refuse, stay silent, close the socket, send a malformed frame,
+//! send an event before its answer or twice, interleave unrelated events, address an event to
+//! another party, or end the media session. Nothing runs in the background, so with tokio's
+//! paused clock a test is deterministic and a silent core is a timeout at once.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures::{Sink, Stream};
+use serde_json::{json, Value};
+
+use crate::signaling::Inbound;
+
+/// The fixed values the scripted core uses.
+pub mod values {
+    pub const CLUSTER: u64 = 1;
+    pub const CONF: u64 = 7;
+    pub const PARTY: u64 = 3;
+    pub const OTHER_PARTY: u64 = 4;
+    pub const SERVERADDR: &str = "turn:127.0.0.1:3478?transport=udp";
+    pub const TURN_USER: &str = "1764000000:3";
+    pub const TURN_PASS: &str = "aGVsbG8gdHVybiBzZWNyZXQ=";
+    pub const CORE_UFRAG: &str = "CoRe";
+    pub const CORE_PWD: &str = "corepasswordcorepassword";
+    pub const CORE_FINGERPRINT: &str =
+        "sha-256 C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E";
+    pub const CORE_PORT: u16 = 40000;
+    pub const CORE_ADDR: &str = "127.0.0.1";
+}
+use values::*;
+
+/// Where in the exchange a fault applies: after the core receives this command (`"load"`,
+/// `"CALLME_S1"`, `"CALLME_S2"`).
+pub type On = &'static str;
+
+/// One way for the core or the network to misbehave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// A negative answer with this code, class and text.
+    Refuse { on: On, code: i64, class: &'static str, text: &'static str },
+    /// No answer at all (and no event).
+    NoAnswer { on: On },
+    /// The answer, but never the event that should follow.
+    NoEvent { on: On },
+    /// The socket closes instead of the answer.
+    CloseBeforeAnswer { on: On },
+    /// The socket closes after the answer, instead of the event.
+    CloseBeforeEvent { on: On },
+    /// The answer frame is broken: `result.code` is not an integer.
+    MalformedAnswer { on: On },
+    /// The answer frame is not JSON at all.
+    GarbageFrame { on: On },
+    /// The event's `EvtData` lacks or breaks a field (`field` is removed, or set to `value`).
+    MalformedEvent { on: On, field: &'static str, value: Option<Value> },
+    /// The event comes before the answer.
+    EventBeforeAnswer { on: On },
+    /// The event comes twice.
+    DuplicateEvent { on: On },
+    /// `timer.time` and `conf.changed` come before the answer and before the event.
+    Interleaved { on: On },
+    /// The event first comes addressed to another party, then to ours.
+    OtherPartyFirst { on: On },
+    /// `conf.webrtc.Disconnected` comes instead of the event.
+    Disconnect { on: On },
+    /// An answer with another `seq` comes before the right one.
+    StaleAnswer { on: On },
+}
+
+impl Fault {
+    fn on(&self) -> On {
+        match self {
+            Fault::Refuse { on, .. }
+            | Fault::NoAnswer { on }
+            | Fault::NoEvent { on }
+            | Fault::CloseBeforeAnswer { on }
+            | Fault::CloseBeforeEvent { on }
+            | Fault::MalformedAnswer { on }
+            | Fault::GarbageFrame { on }
+            | Fault::MalformedEvent { on, .. }
+            | Fault::EventBeforeAnswer { on }
+            | Fault::DuplicateEvent { on }
+            | Fault::Interleaved { on }
+            | Fault::OtherPartyFirst { on }
+            | Fault::Disconnect { on }
+            | Fault::StaleAnswer { on } => on,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    faults: Vec<Fault>,
+    received: Vec<Value>,
+    outbox: VecDeque<Inbound>,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+/// The scripted core: hand [`ScriptedCore::transport`] to [`crate::Session::over`], keep the
+/// core to inspect what it received.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedCore(Arc<Mutex<State>>);
+
+impl ScriptedCore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a fault.
+    pub fn with(self, fault: Fault) -> Self {
+        self.0.lock().unwrap().faults.push(fault);
+        self
+    }
+
+    /// The client's end of the connection.
+    pub fn transport(&self) -> ScriptedTransport {
+        ScriptedTransport(self.0.clone())
+    }
+
+    /// Every command the core received, parsed.
+    pub fn received(&self) -> Vec<Value> {
+        self.0.lock().unwrap().received.clone()
+    }
+
+    /// The `cmd` of every command received, in order.
+    pub fn received_cmds(&self) -> Vec<String> {
+        self.received().iter().filter_map(|v| v["cmd"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// Sends an event now (as a core would at any time).
+    pub fn push_event(&self, event: Value) {
+        let mut s = self.0.lock().unwrap();
+        s.outbox.push_back(Inbound::Text(event.to_string()));
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+fn answer(cmd: &str, seq: u64, obj: &str, result: Value) -> Value {
+    json!({"ANSW": {"cmd": cmd, "seq": seq, "obj": obj, "result": result}})
+}
+
+fn event(evttype: &str, party: u64, data: Value) -> Value {
+    json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": evttype,
+        "result": {"ClusterID": CLUSTER, "ID": CONF, "PartyID": party, "EvtData": data}}})
+}
+
+/// `timer.time`, as the core sends it periodically.
+pub fn timer_event() -> Value {
+    json!({"EVT": {"obj": "timer", "evt": "time", "result": {"t": 1764000000}}})
+}
+
+/// A `conf.changed` announcing another party.
+pub fn conf_changed_event() -> Value {
+    json!({"EVT": {"obj": "conf", "evt": "changed", "result": {"ClusterID": CLUSTER, "ID": CONF,
+        "addParties": [{"PARTY_ID": OTHER_PARTY, "Index": 1, "layer": 3, "State": 1, "bMicOn": 1, "NAME": "other"}]}}})
+}
+
+/// `conf.webrtc.Disconnected` for a party.
+pub fn disconnected_event(party: u64) -> Value {
+    json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": "Disconnected",
+        "result": {"ClusterID": CLUSTER, "ID": CONF, "PartyID": party}}})
+}
+
+fn servdesc_data() -> Value {
+    json!({"serveraddr": SERVERADDR, "username": TURN_USER, "credential": TURN_PASS})
+}
+
+fn servufrag_data() -> Value {
+    json!({"ufrag": CORE_UFRAG, "pwd": CORE_PWD, "fingerprint": CORE_FINGERPRINT, "port": CORE_PORT, "addr": CORE_ADDR})
+}
+
+impl State {
+    fn handle(&mut self, frame: &str) {
+        let Ok(cmd) = serde_json::from_str::<Value>(frame) else { return };
+        self.received.push(cmd.clone());
+        let name = cmd["cmd"].as_str().unwrap_or("").to_owned();
+        let obj = cmd["obj"].as_str().unwrap_or("").to_owned();
+        let seq = cmd["seq"].as_u64().unwrap_or(0);
+        let (ok_result, followup): (Value, Option<(&str, Value)>) = match name.as_str() {
+            "load" => (
+                json!({"code": 0, "bControl": 0, "SVPartyID": PARTY, "SVPartyIndex": 0,
+                    "confdata": {"ClusterID": CLUSTER, "ID": CONF}, "parties": []}),
+                None,
+            ),
+            "CALLME_S1" => (json!({"code": 0}), Some(("servdesc", servdesc_data()))),
+            "CALLME_S2" => (json!({"code": 0}), Some(("servufrag", servufrag_data()))),
+            "CALLME_BYE" => (json!({"code": 0}), None),
+            _ => (json!({"code": 103, "class": "proto", "text": format!("unknown command {name}")}), None),
+        };
+        let fault = self.faults.iter().find(|f| f.on() == name).cloned();
+        let mut out: Vec<Option<Value>> = Vec::new(); // None = close the socket
+        let ans = answer(&name, seq, &obj, ok_result);
+        let evt = followup.as_ref().map(|(t, d)| event(t, PARTY, d.clone()));
+        let unrelated = [timer_event(), conf_changed_event()];
+        match fault {
+            None => {
+                out.push(Some(ans));
+                out.extend(evt.map(Some));
+            }
+            Some(Fault::Refuse { code, class, text, .. }) => {
+                out.push(Some(answer(&name, seq, &obj, json!({"code": code, "class": class, "text": text}))));
+            }
+            Some(Fault::NoAnswer { .. }) => {}
+            Some(Fault::NoEvent { .. }) => out.push(Some(ans)),
+            Some(Fault::CloseBeforeAnswer { .. }) => out.push(None),
+            Some(Fault::CloseBeforeEvent { .. }) => {
+                out.push(Some(ans));
+                out.push(None);
+            }
+            Some(Fault::MalformedAnswer { .. }) => {
+                out.push(Some(answer(&name, seq, &obj, json!({"code": "zero"}))));
+            }
+            Some(Fault::GarbageFrame { .. }) => {
+                self.outbox.push_back(Inbound::Text("{\"ANSW\": {\"cmd\": ".into()));
+            }
+            Some(Fault::MalformedEvent { field, value, .. }) => {
+                out.push(Some(ans));
+                if let Some((t, mut d)) = followup {
+                    match value {
+                        Some(v) => d[field] = v,
+                        None => {
+                            d.as_object_mut().unwrap().remove(field);
+                        }
+                    }
+                    out.push(Some(event(t, PARTY, d)));
+                }
+            }
+            Some(Fault::EventBeforeAnswer { .. }) => {
+                out.extend(evt.map(Some));
+                out.push(Some(ans));
+            }
+            Some(Fault::DuplicateEvent { .. }) => {
+                out.push(Some(ans));
+                out.extend(evt.clone().map(Some));
+                out.extend(evt.map(Some));
+            }
+            Some(Fault::Interleaved { .. }) => {
+                out.extend(unrelated.iter().cloned().map(Some));
+                out.push(Some(ans));
+                out.extend(unrelated.iter().cloned().map(Some));
+                out.extend(evt.map(Some));
+            }
+            Some(Fault::OtherPartyFirst { .. }) => {
+                out.push(Some(ans));
+                if let Some((t, d)) = &followup {
+                    out.push(Some(event(t, OTHER_PARTY, d.clone())));
+                }
+                out.extend(evt.map(Some));
+            }
+            Some(Fault::Disconnect { .. }) => {
+                out.push(Some(ans));
+                out.push(Some(disconnected_event(PARTY)));
+            }
+            Some(Fault::StaleAnswer { .. }) => {
+                out.push(Some(answer(&name, seq + 100, &obj, json!({"code": 0}))));
+                out.push(Some(ans));
+                out.extend(evt.map(Some));
+            }
+        }
+        if seq == 0 && name == "CALLME_BYE" {
+            return;
+        }
+        for o in out {
+            match o {
+                Some(v) => self.outbox.push_back(Inbound::Text(v.to_string())),
+                None => {
+                    self.outbox.push_back(Inbound::Closed { reason: "close code 1001 core going away".into() });
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The client's end of a [`ScriptedCore`].
+#[derive(Debug)]
+pub struct ScriptedTransport(Arc<Mutex<State>>);
+
+impl Sink<String> for ScriptedTransport {
+    type Error = String;
+    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(self: Pin<&mut Self>, frame: String) -> Result<(), String> {
+        let mut s = self.0.lock().unwrap();
+        if s.closed {
+            return Err("the scripted core closed the socket".into());
+        }
+        s.handle(&frame);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.0.lock().unwrap().closed = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Stream for ScriptedTransport {
+    type Item = Inbound;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        let mut s = self.0.lock().unwrap();
+        match s.outbox.pop_front() {
+            Some(i) => Poll::Ready(Some(i)),
+            None if s.closed => Poll::Ready(None),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
