@@ -149,6 +149,21 @@ impl Session {
 
     /// `cd.load`: loads (or joins) the conference `scheme` and returns the session's own party.
     pub async fn load(mut self, cluster: ClusterId, scheme: SchemeId, name: &str) -> Result<Party> {
+        let loaded = self.load_inner(cluster, scheme, name).await;
+        match loaded {
+            Ok(loaded) => {
+                self.own_party = Some(loaded.party);
+                Ok(Party { session: self, loaded })
+            }
+            Err(e) => {
+                self.transcript.record(0, Side::Local, What::Failed { error: e.to_string() });
+                self.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_inner(&mut self, cluster: ClusterId, scheme: SchemeId, name: &str) -> Result<Loaded> {
         let mut cmd = Command::new("cd", "load").param("ClusterID", cluster).param("SchemeID", scheme);
         if !name.is_empty() {
             cmd = cmd.param("NAME", name);
@@ -158,9 +173,7 @@ impl Session {
         if let Some(refusal) = answer.refusal(&ok) {
             return Err(Error::new(Stage::Load, Cause::Refused(refusal)));
         }
-        let loaded = Loaded::from_answer(&answer, cluster).map_err(|e| Error::new(Stage::Load, Cause::Malformed(e)))?;
-        self.own_party = Some(loaded.party);
-        Ok(Party { session: self, loaded })
+        Loaded::from_answer(&answer, cluster).map_err(|e| Error::new(Stage::Load, Cause::Malformed(e)))
     }
 
     /// Sends a command; `seq` is allocated unless `want_answer` is false (then `seq` is 0).
@@ -248,7 +261,12 @@ impl Session {
             match incoming {
                 Incoming::Answer(_) => self.record_received(stage, frame, Routing::Stale),
                 Incoming::Event(e) => {
-                    if e.name() == DISCONNECTED && self.is_own(&e) {
+                    let name = e.name();
+                    if self.is_own(&e) && SEQUENCE_EVENTS.contains(&name.as_str()) && self.used.contains(&name) {
+                        self.record_received(stage, frame, Routing::Duplicate);
+                        continue;
+                    }
+                    if name == DISCONNECTED && self.is_own(&e) {
                         self.record_received(stage, frame, Routing::Fatal);
                         return Err(Error::new(stage, Cause::Disconnected { reason: "the core sent conf.webrtc.Disconnected".into() }));
                     }

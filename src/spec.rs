@@ -93,7 +93,8 @@ pub struct Deviation {
 pub enum Outcome {
     /// Every step up to 19 was performed.
     Connected,
-    /// The join failed at this step, and the failure is the last sequence entry.
+    /// The join failed at this step (0: before the sequence, at `cd.load`), and the failure is
+    /// the last sequence entry.
     FailedAt(u8),
 }
 
@@ -104,7 +105,11 @@ pub fn check(entries: &[Entry]) -> Result<Outcome, Deviation> {
     let mut pos = 0usize; // the next expected entry within it
     let mut failed: Option<u8> = None;
     for (i, e) in entries.iter().enumerate() {
-        if e.step == 0 {
+        if e.step == 0 && failed.is_none() {
+            if let What::Failed { .. } = e.what {
+                failed = Some(0);
+                continue;
+            }
             if step != 0 {
                 return Err(dev(i, e.step, "a pre-sequence entry after the sequence began".into()));
             }
@@ -127,7 +132,7 @@ pub fn check(entries: &[Entry]) -> Result<Outcome, Deviation> {
             }
             continue;
         }
-        let fatal_frame = matches!(&e.what, What::Received { routing: Routing::Fatal, .. });
+        let fatal_frame = matches!(&e.what, What::Received { routing: Routing::Fatal, .. } | What::Closed { .. });
         if fatal_frame || matches!(e.what, What::Failed { .. }) {
             let next_ok = step == 0 || pos == step_len(step);
             if !(e.step == step || (next_ok && e.step == step + 1)) {

@@ -52,6 +52,8 @@ pub enum Fault {
     CloseBeforeAnswer { on: On },
     /// The socket closes after the answer, instead of the event.
     CloseBeforeEvent { on: On },
+    /// The answer and the event, then the socket closes.
+    CloseAfterEvent { on: On },
     /// The answer frame is broken: `result.code` is not an integer.
     MalformedAnswer { on: On },
     /// The answer frame is not JSON at all.
@@ -80,6 +82,7 @@ impl Fault {
             | Fault::NoEvent { on }
             | Fault::CloseBeforeAnswer { on }
             | Fault::CloseBeforeEvent { on }
+            | Fault::CloseAfterEvent { on }
             | Fault::MalformedAnswer { on }
             | Fault::GarbageFrame { on }
             | Fault::MalformedEvent { on, .. }
@@ -213,6 +216,11 @@ impl State {
             Some(Fault::CloseBeforeAnswer { .. }) => out.push(None),
             Some(Fault::CloseBeforeEvent { .. }) => {
                 out.push(Some(ans));
+                out.push(None);
+            }
+            Some(Fault::CloseAfterEvent { .. }) => {
+                out.push(Some(ans));
+                out.extend(evt.map(Some));
                 out.push(None);
             }
             Some(Fault::MalformedAnswer { .. }) => {

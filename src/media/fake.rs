@@ -56,6 +56,10 @@ impl FakeMedia {
             probe,
         )
     }
+    /// A probe on this fake.
+    pub fn probe(&self) -> FakeProbe {
+        self.probe.clone()
+    }
     /// Makes the call named `call` (e.g. `"createOffer"`) fail.
     pub fn failing(mut self, call: &'static str) -> Self {
         self.fail = Some(call);
@@ -126,16 +130,17 @@ impl MediaEngine for FakeMedia {
             Some(hz) => AudioSource::tone(hz).open()?,
             None => AudioSource::Silence.open()?,
         };
-        let running = self.probe.running.clone();
-        running.fetch_add(1, Ordering::SeqCst);
-        self.task = Some(tokio::spawn(async move {
-            struct Done(Arc<AtomicUsize>);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.fetch_sub(1, Ordering::SeqCst);
-                }
+        /// Counts the task as running from spawn until its future is dropped.
+        struct Running(Arc<AtomicUsize>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
             }
-            let _done = Done(running);
+        }
+        self.probe.running.fetch_add(1, Ordering::SeqCst);
+        let running = Running(self.probe.running.clone());
+        self.task = Some(tokio::spawn(async move {
+            let _running = running;
             let mut tick = tokio::time::interval(FRAME_DURATION);
             loop {
                 tick.tick().await;
