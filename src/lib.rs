@@ -69,7 +69,7 @@
 //!
 //! A state has only its own next step. Skipping CALLME_S1:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # async fn f(ready: callme::MediaReady) {
 //! let offered = ready.create_offer().await; // MediaReady has no create_offer
 //! # }
@@ -77,7 +77,7 @@
 //!
 //! Repeating a step: the state was consumed by the first call.
 //!
-//! ```compile_fail
+//! ```compile_fail,E0382
 //! # async fn f(s1: callme::S1Accepted) {
 //! let a = s1.create_offer().await;
 //! let b = s1.create_offer().await; // use of moved value
@@ -86,7 +86,7 @@
 //!
 //! Reordering: CALLME_S2 before the offer exists.
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # async fn f(s1: callme::S1Accepted) {
 //! let s2 = s1.call_me_s2().await; // S1Accepted has no call_me_s2
 //! # }
@@ -94,7 +94,7 @@
 //!
 //! Connecting before the core's answer came:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # async fn f(offered: callme::Offered) {
 //! let call = offered.connect().await; // Offered has no connect
 //! # }
@@ -127,8 +127,11 @@
 //! | [`spec`] | the seed's table as data, and the checker |
 //! | [`audio`] | sources, WAV, Opus, tone analysis |
 //! | [`testing`] | a scripted core for sequence tests |
+//! | `core` (feature `core`, on by default) | the reference core: the server side with real media |
 
 pub mod audio;
+#[cfg(feature = "core")]
+pub mod core;
 pub mod error;
 pub mod media;
 pub mod signaling;

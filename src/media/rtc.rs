@@ -18,6 +18,7 @@ use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine as RtcMediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
+use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
@@ -43,13 +44,15 @@ pub struct RtcOptions {
     pub relay_only: bool,
     /// Gather loopback candidates (needed to reach a core on 127.0.0.1).
     pub loopback: bool,
+    /// Gather only loopback candidates (a core on this machine): nothing leaves 127.0.0.0/8.
+    pub loopback_only: bool,
     /// The Opus payload type offered.
     pub opus_pt: u8,
 }
 
 impl Default for RtcOptions {
     fn default() -> Self {
-        RtcOptions { relay_only: false, loopback: true, opus_pt: 111 }
+        RtcOptions { relay_only: false, loopback: true, loopback_only: false, opus_pt: 111 }
     }
 }
 
@@ -68,6 +71,13 @@ pub struct RtcMedia {
 impl Default for RtcMedia {
     fn default() -> Self {
         Self::new(RtcOptions::default())
+    }
+}
+
+impl RtcOptions {
+    /// Only loopback candidates: for a core on this machine.
+    pub fn loopback_only() -> Self {
+        RtcOptions { loopback_only: true, ..Default::default() }
     }
 }
 
@@ -118,7 +128,11 @@ impl MediaEngine for RtcMedia {
         }
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(text)?;
         let mut settings = SettingEngine::default();
-        settings.set_include_loopback_candidate(self.options.loopback);
+        settings.set_include_loopback_candidate(self.options.loopback || self.options.loopback_only);
+        if self.options.loopback_only {
+            settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+            settings.set_network_types(vec![NetworkType::Udp4]);
+        }
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)

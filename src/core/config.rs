@@ -1,0 +1,177 @@
+//! The core's configuration: defaults → TOML file (unknown keys rejected) → environment →
+//! command-line flags → validation.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A TURN server whose credentials the core mints (TURN REST: `use-auth-secret`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    /// The URL given to clients, e.g. `turn:127.0.0.1:3478?transport=udp`.
+    pub url: String,
+    /// The secret shared with the TURN server (`static-auth-secret`).
+    pub secret: String,
+    /// How long minted credentials stay valid, in seconds.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_turn_ttl() -> u64 {
+    3600
+}
+
+/// Everything the core can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreConfig {
+    /// Where the WebSocket (and the browser page) listens.
+    pub listen: SocketAddr,
+    /// The UDP address every party's media uses (port 0 picks one).
+    pub media: SocketAddr,
+    /// The address announced to clients in `servufrag` (default: `media`'s IP).
+    pub announce: Option<IpAddr>,
+    /// A STUN/TURN server for `servdesc`: none by default.
+    pub turn: Option<TurnConfig>,
+    /// A plain STUN URL for `servdesc` when no TURN is configured.
+    pub stun: Option<String>,
+    /// A party whose media sends nothing for this long is disconnected, in milliseconds.
+    pub media_timeout_ms: u64,
+    /// Frames larger than this are refused, in bytes.
+    pub max_frame_bytes: usize,
+    /// How often `timer.time` is sent, in milliseconds (0: never).
+    pub timer_ms: u64,
+    /// Negative answers a session may earn before it is closed with 1008.
+    pub max_errors: u32,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            media: "127.0.0.1:40000".parse().unwrap(),
+            announce: None,
+            turn: None,
+            stun: None,
+            media_timeout_ms: 10_000,
+            max_frame_bytes: 16 * 1024,
+            timer_ms: 10_000,
+            max_errors: 100,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Reads a TOML file over the defaults; unknown keys are an error naming them.
+    pub fn from_toml_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies `CALLME_LISTEN`, `CALLME_MEDIA`, `CALLME_ANNOUNCE`, `CALLME_TURN_URL`,
+    /// `CALLME_TURN_SECRET`, `CALLME_MEDIA_TIMEOUT_MS` from the environment.
+    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let parse = |k: &str, v: String| -> Result<String, String> {
+            if v.trim().is_empty() {
+                return Err(format!("{k} is empty"));
+            }
+            Ok(v)
+        };
+        if let Some(v) = env("CALLME_LISTEN") {
+            self.listen = parse("CALLME_LISTEN", v)?.parse().map_err(|e| format!("CALLME_LISTEN: {e}"))?;
+        }
+        if let Some(v) = env("CALLME_MEDIA") {
+            self.media = parse("CALLME_MEDIA", v)?.parse().map_err(|e| format!("CALLME_MEDIA: {e}"))?;
+        }
+        if let Some(v) = env("CALLME_ANNOUNCE") {
+            self.announce = Some(parse("CALLME_ANNOUNCE", v)?.parse().map_err(|e| format!("CALLME_ANNOUNCE: {e}"))?);
+        }
+        if let Some(v) = env("CALLME_MEDIA_TIMEOUT_MS") {
+            self.media_timeout_ms = parse("CALLME_MEDIA_TIMEOUT_MS", v)?.parse().map_err(|e| format!("CALLME_MEDIA_TIMEOUT_MS: {e}"))?;
+        }
+        match (env("CALLME_TURN_URL"), env("CALLME_TURN_SECRET")) {
+            (Some(url), Some(secret)) => self.turn = Some(TurnConfig { url, secret, ttl_secs: default_turn_ttl() }),
+            (None, None) => {}
+            _ => return Err("CALLME_TURN_URL and CALLME_TURN_SECRET go together".into()),
+        }
+        Ok(self)
+    }
+
+    /// Checks the whole configuration.
+    pub fn validate(self) -> Result<Self, String> {
+        if let Some(t) = &self.turn {
+            if !(t.url.starts_with("turn:") || t.url.starts_with("turns:")) {
+                return Err(format!("turn.url {:?} is not a turn: or turns: URL", t.url));
+            }
+            if t.secret.is_empty() {
+                return Err("turn.secret is empty".into());
+            }
+        }
+        if let Some(s) = &self.stun {
+            if !s.starts_with("stun:") {
+                return Err(format!("stun {s:?} is not a stun: URL"));
+            }
+        }
+        if self.media_timeout_ms < 1000 {
+            return Err(format!("media_timeout_ms {} is below 1000", self.media_timeout_ms));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(format!("max_frame_bytes {} is below 1024", self.max_frame_bytes));
+        }
+        if self.media.ip().is_unspecified() && self.announce.is_none() {
+            return Err("media listens on all addresses: set announce to the address clients reach".into());
+        }
+        Ok(self)
+    }
+
+    pub fn media_timeout(&self) -> Duration {
+        Duration::from_millis(self.media_timeout_ms)
+    }
+
+    /// The effective configuration for the log, the TURN secret redacted.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        if let Some(t) = &mut c.turn {
+            t.secret = "[redacted]".into();
+        }
+        format!("{c:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_parses_and_validates() {
+        let c = CoreConfig::from_toml(include_str!("../../docs/core.sample.toml")).unwrap().validate().unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert!(c.turn.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = CoreConfig::from_toml("listen = \"127.0.0.1:1\"\nlistne = 3\n").unwrap_err();
+        assert!(e.contains("listne"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_the_file_and_secrets_are_redacted() {
+        let env = |k: &str| match k {
+            "CALLME_LISTEN" => Some("127.0.0.1:9000".to_owned()),
+            "CALLME_TURN_URL" => Some("turn:127.0.0.1:3478".to_owned()),
+            "CALLME_TURN_SECRET" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let c = CoreConfig::default().with_env(env).unwrap().validate().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert!(!c.redacted().contains("s3cret"));
+    }
+}
