@@ -70,3 +70,75 @@ async fn three_parties_each_hear_the_other_two_and_not_themselves() {
     }
     core.stop().await;
 }
+
+/// Shares of `tones` in one listen of `ms`.
+async fn shares(call: &mut Connected, tones: &[f32], ms: u64) -> Vec<f64> {
+    let heard = call.listen(Duration::from_millis(ms)).await.expect("hears");
+    tones.iter().map(|&hz| tone_share(&heard, hz)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_conference_at_the_same_time_hears_none_of_the_first() {
+    let core = start_core().await;
+    let mut a = join(&core, 7, "a", AudioSource::tone(440.0)).await;
+    let b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
+    let mut d = join(&core, 8, "d", AudioSource::tone(1100.0)).await;
+    let e = join(&core, 8, "e", AudioSource::tone(1320.0)).await;
+    let tones = [440.0, 660.0, 1100.0, 1320.0];
+    a.listen(Duration::from_millis(800)).await.unwrap();
+    let (sa, sd) = tokio::join!(shares(&mut a, &tones, 1500), shares(&mut d, &tones, 1500));
+    assert!(sa[1] > 0.8 && sa[2] < 0.02 && sa[3] < 0.02, "conference 7 hears only its own parties: {sa:?}");
+    assert!(sd[3] > 0.8 && sd[0] < 0.02 && sd[1] < 0.02, "conference 8 hears only its own parties: {sd:?}");
+    for c in [a, b, d, e] {
+        c.leave().await;
+    }
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_keeps_the_party_and_replaces_its_media() {
+    let core = start_core().await;
+    let a = join(&core, 7, "a", AudioSource::tone(440.0)).await;
+    let mut b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
+    let id = a.party_id();
+    let party = a.hang_up().await;
+    assert_eq!(party.id(), id);
+    let media = RtcMedia::new(RtcOptions::loopback_only());
+    let mut a = MediaReady::acquire_with(media, AudioSource::tone(880.0), &party.transcript())
+        .await
+        .unwrap()
+        .call_me_s1(party)
+        .await
+        .unwrap()
+        .create_offer()
+        .await
+        .unwrap()
+        .call_me_s2()
+        .await
+        .unwrap()
+        .connect()
+        .await
+        .expect("the same party joins again");
+    assert_eq!(a.party_id(), id, "the party is kept");
+    b.listen(Duration::from_millis(800)).await.unwrap();
+    let s = shares(&mut b, &[440.0, 880.0], 1500).await;
+    assert!(s[1] > 0.8 && s[0] < 0.02, "b hears the party's new media, not the old: {s:?}");
+    assert_eq!(core.stats().parties_with_media, 2);
+    a.listen(Duration::from_millis(10)).await.unwrap();
+    a.leave().await;
+    b.leave().await;
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_stopped_mid_call_is_reported_precisely() {
+    let core = start_core().await;
+    let mut a = join(&core, 7, "a", AudioSource::tone(440.0)).await;
+    let _b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
+    a.listen(Duration::from_millis(300)).await.unwrap();
+    core.stop().await;
+    let err = a.listen(Duration::from_secs(10)).await.expect_err("the call ends");
+    assert_eq!(err.stage, callme::Stage::InCall);
+    let text = err.to_string();
+    assert!(text.contains("close code 1001") && text.contains("the core is stopping"), "{text}");
+}
