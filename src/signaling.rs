@@ -268,7 +268,7 @@ impl Session {
                     }
                     if name == DISCONNECTED && self.is_own(&e) {
                         self.record_received(stage, frame, Routing::Fatal);
-                        return Err(Error::new(stage, Cause::Disconnected { reason: "the core sent conf.webrtc.Disconnected".into() }));
+                        return Err(disconnected(stage, &e));
                     }
                     let routing = if self.is_own(&e) { Routing::Event } else { Routing::OtherParty };
                     self.record_received(stage, frame, routing);
@@ -290,7 +290,7 @@ impl Session {
         }
         if name == DISCONNECTED {
             self.record_received(stage, frame, Routing::Fatal);
-            return Err(Error::new(stage, Cause::Disconnected { reason: "the core sent conf.webrtc.Disconnected".into() }));
+            return Err(disconnected(stage, &e));
         }
         if wanted == Some(name.as_str()) {
             if self.used.insert(name) {
@@ -358,6 +358,15 @@ impl Session {
             self.closed = Some("closed by us".into());
         }
     }
+}
+
+/// The error for `conf.webrtc.Disconnected`, with the core's reason when it gives one.
+fn disconnected(stage: Stage, e: &Event) -> Error {
+    let reason = match e.result.get("reason").and_then(serde_json::Value::as_str) {
+        Some(r) => format!("the core sent conf.webrtc.Disconnected: {r}"),
+        None => "the core sent conf.webrtc.Disconnected".to_owned(),
+    };
+    Error::new(stage, Cause::Disconnected { reason })
 }
 
 /// The session's own party in a running conference, after `cd.load`.

@@ -142,3 +142,128 @@ async fn a_core_stopped_mid_call_is_reported_precisely() {
     let text = err.to_string();
     assert!(text.contains("close code 1001") && text.contains("the core is stopping"), "{text}");
 }
+
+mod by_hand {
+    //! The sequence performed by hand on the public lower layers (session, media engine), so a
+    //! test can send what the typestates never would.
+    use super::*;
+    use callme::media::sdp;
+    use callme::media::MediaEngine;
+    use callme::signaling::Party;
+    use callme::wire::{Command, ServUfrag};
+    use callme::Stage;
+
+    pub fn callme(party: &Party, cmd: &str) -> Command {
+        Command::new("conf", cmd).param("ClusterID", 1).param("ID", party.loaded().conf).param("PartyID", party.id())
+    }
+
+    /// Waits for the event `name`, passing over others.
+    pub async fn event(party: &mut Party, name: &str) -> callme::wire::Event {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), party.session().next_event(Stage::InCall))
+                .await
+                .expect("an event within 10 s")
+                .expect("the session lives");
+            if e.name() == name {
+                return e;
+            }
+        }
+    }
+
+    /// Waits for `conf.webrtc.Disconnected` (which the session reports as the end of the call).
+    pub async fn disconnected(party: &mut Party) -> callme::Error {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), party.session().next_event(Stage::InCall))
+                .await
+                .expect("an event within 10 s");
+            if let Err(e) = e {
+                return e;
+            }
+        }
+    }
+
+    /// Joins with CALLME_S2's fingerprint replaced by `fingerprint` (if given); returns the
+    /// party and its media after setRemoteDescription.
+    pub async fn join_tampered(core: &CoreHandle, fingerprint: Option<&str>) -> (Party, RtcMedia) {
+        let mut party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "tampered").await.unwrap();
+        let mut media = RtcMedia::new(RtcOptions::loopback_only());
+        media.get_user_media(AudioSource::tone(1760.0)).await.unwrap();
+        let s1 = callme(&party, "CALLME_S1");
+        assert_eq!(party.session().request(Stage::Step(3), s1).await.unwrap().code, 0);
+        event(&mut party, "conf.webrtc.servdesc").await;
+        media.create_peer_connection(&[]).await.unwrap();
+        let offer_sdp = media.create_offer().await.unwrap();
+        let offer = sdp::parse_offer(&offer_sdp).unwrap();
+        media.set_local_description(&offer_sdp).await.unwrap();
+        let mut s2 = callme(&party, "CALLME_S2");
+        for (k, v) in offer.s2_params() {
+            s2 = s2.param(k, v);
+        }
+        if let Some(fp) = fingerprint {
+            s2 = s2.param("fingerprint", fp);
+        }
+        assert_eq!(party.session().request(Stage::Step(12), s2).await.unwrap().code, 0);
+        let e = event(&mut party, "conf.webrtc.servufrag").await;
+        let u = ServUfrag::from_event(&e).unwrap();
+        let answer = sdp::build_answer(&offer, &u, "127.0.0.1".parse().unwrap());
+        media.set_remote_description(&answer).await.unwrap();
+        (party, media)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_certificate_gets_no_media_and_is_disconnected() {
+    use callme::media::MediaEngine;
+    let core = start_core().await;
+    let mut b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
+    let wrong = format!("sha-256 {}", ["AB"; 32].join(":"));
+    let (mut party, mut media) = by_hand::join_tampered(&core, Some(&wrong)).await;
+    // The DTLS handshake fails on the core's check: no track, and the core ends the session.
+    let track = tokio::time::timeout(Duration::from_secs(3), media.remote_track()).await;
+    assert!(track.is_err(), "no media reaches a peer whose certificate does not match");
+    let err = by_hand::disconnected(&mut party).await;
+    assert!(err.to_string().contains("conf.webrtc.Disconnected: ICE or DTLS failed"), "{err}");
+    // And nothing of it reaches the conference.
+    let s = shares(&mut b, &[1760.0], 1000).await;
+    assert!(s[0] < 0.01, "the tampered party's tone is not mixed: {s:?}");
+    media.close().await;
+    b.leave().await;
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_peer_with_its_true_fingerprint_is_heard() {
+    // The control for the test above: the by-hand join itself works.
+    use callme::media::MediaEngine;
+    let core = start_core().await;
+    let mut b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
+    let (_party, mut media) = by_hand::join_tampered(&core, None).await;
+    tokio::time::timeout(Duration::from_secs(3), media.remote_track()).await.expect("a track").expect("a track");
+    let (tx, _rx) = tokio::sync::mpsc::channel(100);
+    media.play(tx).await.unwrap();
+    b.listen(Duration::from_millis(600)).await.unwrap();
+    let s = shares(&mut b, &[1760.0], 1000).await;
+    assert!(s[0] > 0.8, "the party is heard: {s:?}");
+    media.close().await;
+    b.leave().await;
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_whose_media_falls_silent_is_freed_and_told() {
+    use callme::media::MediaEngine;
+    let core = start_core().await; // media_timeout 3 s
+    let (mut party, mut media) = by_hand::join_tampered(&core, None).await;
+    tokio::time::timeout(Duration::from_secs(3), media.remote_track()).await.expect("a track").expect("a track");
+    let (tx, _rx) = tokio::sync::mpsc::channel(100);
+    media.play(tx).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(core.stats().parties_with_media, 1);
+    // The media stops without a word to the core (a crashed client, a lost network).
+    media.close().await;
+    let err = by_hand::disconnected(&mut party).await.to_string();
+    assert!(err.contains("conf.webrtc.Disconnected: no media from the party for 3000 ms") || err.contains("ICE or DTLS failed"), "{err}");
+    assert_eq!(core.stats().parties_with_media, 0, "the party's media is freed");
+    assert_eq!(core.stats().parties, 1, "the party itself stays loaded");
+    core.stop().await;
+}
