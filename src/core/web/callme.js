@@ -265,6 +265,15 @@
       return seq;
     }
 
+    // send(), failing step `n` when the socket is gone.
+    sendAt(n, cmd, obj, params) {
+      try {
+        return this.send(cmd, obj, params);
+      } catch (e) {
+        throw new StepError(n, `${cmd} could not be sent: ${e.message}`);
+      }
+    }
+
     // Waits for the answer to `seq`.
     answer(seq, n, cmd) {
       if (this.answers.has(seq)) {
@@ -697,7 +706,7 @@
   async function join() {
     t0 = performance.now();
     const params = readParams();
-    if (params.scheme === null) throw new StepError(3, 'no conference number: open the page with ?scheme=N (and &name=...)');
+    if (params.scheme === null) throw new Error('no conference number: open the page with ?scheme=N (and &name=...); nothing was sent');
     callme.cluster = params.cluster;
 
     // Steps 1-2: the microphone. Nothing has been sent to the core yet.
@@ -721,7 +730,7 @@
     session = new Session(wsUrl);
     await session.open(3);
     note('pre', 0, 'open the WebSocket', `${wsUrl}, sub-protocol ${session.ws.protocol || 'none'}`);
-    const loadSeq = session.send('load', 'cd', { ClusterID: params.cluster, SchemeID: params.scheme, NAME: params.name });
+    const loadSeq = session.sendAt(3, 'load', 'cd', { ClusterID: params.cluster, SchemeID: params.scheme, NAME: params.name });
     const loaded = await session.answer(loadSeq, 3, 'cd.load');
     const lr = loaded.result || {};
     if (![0, 1, 2].includes(Number(lr.code))) throw new StepError(3, `cd.load ${refusal(lr)}`);
@@ -736,7 +745,7 @@
 
     // Steps 3-5: CALLME_S1, its answer, servdesc.
     setStatus('Joining...');
-    const s1Seq = session.send('CALLME_S1', 'conf', own);
+    const s1Seq = session.sendAt(3, 'CALLME_S1', 'conf', own);
     step(3, `seq ${s1Seq}`);
     const s1 = await session.answer(s1Seq, 4, 'CALLME_S1');
     if (Number(s1.result && s1.result.code) !== 0) throw new StepError(4, refusal(s1.result || {}));
@@ -786,12 +795,7 @@
     step(11);
 
     // Steps 12-14: CALLME_S2, its answer, servufrag.
-    let s2Seq;
-    try {
-      s2Seq = session.send('CALLME_S2', 'conf', { ...own, ...s2Params(facts) });
-    } catch (e) {
-      throw new StepError(12, e.message);
-    }
+    const s2Seq = session.sendAt(12, 'CALLME_S2', 'conf', { ...own, ...s2Params(facts) });
     step(12, `seq ${s2Seq}`);
     const s2 = await session.answer(s2Seq, 13, 'CALLME_S2');
     if (Number(s2.result && s2.result.code) !== 0) throw new StepError(13, refusal(s2.result || {}));
@@ -882,7 +886,7 @@
       params = readParams();
     } catch (e) {
       started = true;
-      fail(new StepError(1, `${e.message}; nothing was sent`));
+      fail(new Error(`${e.message}; nothing was sent`));
       return;
     }
     if (params.auto) callmeJoin();

@@ -1,0 +1,174 @@
+//! The bad-input battery over a real WebSocket and a real UDP socket: every malformed or
+//! unauthorised frame gets its own code with a text naming the field, garbage datagrams are
+//! dropped, and a call in progress hears its audio throughout.
+
+use std::time::Duration;
+
+use callme::audio::tone_share;
+use callme::core::{self, CoreConfig, CoreHandle};
+use callme::media::{RtcMedia, RtcOptions};
+use callme::wire::code;
+use callme::{AudioSource, ClusterId, Connected, MediaReady, SchemeId, Session};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn start_core() -> CoreHandle {
+    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), ..CoreConfig::default() };
+    core::start(config).await.expect("the core starts")
+}
+
+async fn join(core: &CoreHandle, name: &str, hz: f32) -> Connected {
+    let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), name).await.unwrap();
+    MediaReady::acquire_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(hz), &party.transcript())
+        .await
+        .unwrap()
+        .call_me_s1(party)
+        .await
+        .unwrap()
+        .create_offer()
+        .await
+        .unwrap()
+        .call_me_s2()
+        .await
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends a raw frame and returns the first answer or error event that comes back.
+async fn exchange(ws: &mut Ws, frame: &str) -> Value {
+    ws.send(Message::text(frame.to_owned())).await.unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("a reply within 5 s").expect("open").unwrap();
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v.get("ANSW").is_some() || v.pointer("/EVT/evt") == Some(&json!("error")) {
+            return v;
+        }
+    }
+}
+
+fn code_and_text(v: &Value) -> (i64, String) {
+    let r = v.pointer("/ANSW/result").or_else(|| v.pointer("/EVT/result")).expect("a result");
+    (r["code"].as_i64().unwrap(), r["text"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on() {
+    let core = start_core().await;
+    let mut a = join(&core, "a", 440.0).await;
+    let _b = join(&core, "b", 660.0).await;
+    a.listen(Duration::from_millis(500)).await.unwrap();
+    let conf = 1; // the first running conference
+    let b_party = 2;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
+    let load = exchange(&mut ws, r#"{"cmd":"load","seq":1,"obj":"cd","params":{"ClusterID":"1","SchemeID":"7","NAME":"prober"}}"#).await;
+    assert_eq!(code_and_text(&load).0, code::LOAD_CONNECTED);
+    let me = load.pointer("/ANSW/result/SVPartyID").unwrap().as_u64().unwrap();
+    let fp = format!("sha-256 {}", ["AB"; 32].join(":"));
+    let s2 = |extra: &str| {
+        format!(r#"{{"cmd":"CALLME_S2","seq":20,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{me}","ufrag":"abcd","pwd":"abcdefghijklmnopqrstuvwx","fingerprint":"{fp}"{extra}}}}}"#)
+    };
+    let oversize = format!(r#"{{"cmd":"load","seq":9,"obj":"cd","params":{{"NAME":"{}"}}}}"#, "x".repeat(20_000));
+    let battery: Vec<(&str, String, i64, &str)> = vec![
+        ("not JSON", "this is not json".into(), code::NOT_JSON, "not valid JSON"),
+        ("a JSON array", "[1,2,3]".into(), code::NOT_JSON, "not a JSON object"),
+        ("no seq", r#"{"cmd":"load","obj":"cd"}"#.into(), code::BAD_FRAME, "seq: missing"),
+        ("seq of the wrong type", r#"{"cmd":"load","seq":"x","obj":"cd"}"#.into(), code::BAD_FRAME, "seq: not a non-negative integer"),
+        ("no cmd", r#"{"seq":3,"obj":"cd"}"#.into(), code::BAD_FRAME, "cmd: missing"),
+        ("cmd of the wrong type", r#"{"cmd":5,"seq":3,"obj":"cd"}"#.into(), code::BAD_FRAME, "cmd: not a string"),
+        ("no obj", r#"{"cmd":"load","seq":3}"#.into(), code::BAD_FRAME, "obj: missing"),
+        ("params not an object", r#"{"cmd":"load","seq":3,"obj":"cd","params":[1]}"#.into(), code::BAD_FRAME, "params: not an object"),
+        ("a param of the wrong type", r#"{"cmd":"load","seq":4,"obj":"cd","params":{"ClusterID":[1],"SchemeID":"7"}}"#.into(), code::BAD_PARAM, "param ClusterID"),
+        ("a missing param", r#"{"cmd":"load","seq":5,"obj":"cd","params":{"ClusterID":"1"}}"#.into(), code::BAD_PARAM, "param SchemeID is missing"),
+        ("a non-numeric param", r#"{"cmd":"load","seq":5,"obj":"cd","params":{"ClusterID":"1","SchemeID":"seven"}}"#.into(), code::BAD_PARAM, "param SchemeID is \"seven\""),
+        ("an unknown cmd", r#"{"cmd":"EXPLODE","seq":6,"obj":"conf"}"#.into(), code::UNKNOWN_CMD, "cmd: \"EXPLODE\""),
+        ("an unknown obj", r#"{"cmd":"load","seq":7,"obj":"kitchen"}"#.into(), code::UNKNOWN_OBJ, "obj: \"kitchen\""),
+        ("an oversize frame", oversize, code::TOO_LARGE, "larger than the limit"),
+        ("no such conference", r#"{"cmd":"CALLME_S1","seq":10,"obj":"conf","params":{"ClusterID":"1","ID":"999","PartyID":"1"}}"#.into(), code::NO_CONFERENCE, "param ID"),
+        ("no such party", format!(r#"{{"cmd":"CALLME_S1","seq":11,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"999"}}}}"#), code::NO_PARTY, "param PartyID"),
+        ("someone else's PartyID", format!(r#"{{"cmd":"CALLME_S1","seq":12,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#), code::NOT_OWN_PARTY, "not this session's own"),
+        ("someone else's PartyID in a hang-up", format!(r#"{{"cmd":"CALLME_BYE","seq":13,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#), code::NOT_OWN_PARTY, "not this session's own"),
+        ("CALLME_S2 before CALLME_S1", s2(""), code::S2_BEFORE_S1, "CALLME_S1 first"),
+    ];
+    for (what, frame, want, names) in &battery {
+        let reply = exchange(&mut ws, frame).await;
+        let (got, text) = code_and_text(&reply);
+        assert_eq!(got, *want, "{what}: {reply}");
+        assert!(text.contains(names), "{what}: the text {text:?} should name {names:?}");
+    }
+
+    // With CALLME_S1 done, the S2 param checks.
+    let s1 = exchange(&mut ws, &format!(r#"{{"cmd":"CALLME_S1","seq":19,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{me}"}}}}"#)).await;
+    assert_eq!(code_and_text(&s1).0, 0);
+    let s2_battery: Vec<(&str, String, i64, &str)> = vec![
+        ("a malformed fingerprint", s2("").replace(&fp, "sha-256 AB:CD"), code::BAD_FINGERPRINT, "param fingerprint"),
+        ("a sha-1 fingerprint", s2("").replace("sha-256", "sha-1"), code::BAD_FINGERPRINT, "param fingerprint"),
+        ("a short pwd", s2("").replace("abcdefghijklmnopqrstuvwx", "short"), code::BAD_ICE_CREDENTIALS, "param pwd"),
+        ("a ufrag with a space", s2("").replace("\"abcd\"", "\"ab cd\""), code::BAD_ICE_CREDENTIALS, "param ufrag"),
+        ("a payload type out of range", s2(r#","opus_pt":"300""#), code::BAD_PARAM, "param opus_pt"),
+        ("an fmtp with a line break", s2(r#","opus_fmtp":"a\r\na=evil""#), code::BAD_PARAM, "param opus_fmtp"),
+    ];
+    for (what, frame, want, names) in &s2_battery {
+        let reply = exchange(&mut ws, frame).await;
+        let (got, text) = code_and_text(&reply);
+        assert_eq!(got, *want, "{what}: {reply}");
+        assert!(text.contains(names), "{what}: the text {text:?} should name {names:?}");
+    }
+
+    // Garbage datagrams at the media port: random bytes, a truncated STUN header, an RTP-looking
+    // packet with no session.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut x: u32 = 12345;
+    for i in 0..2000u32 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let len = (x % 1200) as usize + 1;
+        let datagram: Vec<u8> = match i % 3 {
+            0 => (0..len).map(|k| (x.wrapping_add(k as u32) >> 7) as u8).collect(),
+            1 => vec![0x00, 0x01, 0x00, 0x50, 0x21, 0x12, 0xa4, 0x42],
+            _ => [vec![0x80, 111, 0, 1], vec![0; 40]].concat(),
+        };
+        udp.send_to(&datagram, core.media_addr).await.unwrap();
+    }
+
+    // Nothing else was affected: the call hears the other party, the session is still served.
+    let heard = a.listen(Duration::from_millis(1500)).await.expect("the call goes on");
+    assert!(tone_share(&heard, 660.0) > 0.8, "a still hears b: {}", tone_share(&heard, 660.0));
+    assert!(heard.len() >= 48_000 * 14 / 10, "no audio was lost: {} samples in 1.5 s", heard.len());
+    let list = exchange(&mut ws, r#"{"cmd":"loadlist","seq":30,"obj":"cd","params":{"ClusterID":"1"}}"#).await;
+    assert_eq!(code_and_text(&list).0, 0);
+    assert_eq!(core.stats().parties_with_media, 2);
+    a.leave().await;
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_keeps_sending_garbage_is_closed_with_1008() {
+    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), max_errors: 5, ..CoreConfig::default() };
+    let core = core::start(config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
+    for _ in 0..10 {
+        if ws.send(Message::text("garbage")).await.is_err() {
+            break;
+        }
+    }
+    let mut close = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(f) = m {
+            close = f;
+            break;
+        }
+    }
+    let f = close.expect("a close frame");
+    assert_eq!(u16::from(f.code), 1008);
+    assert!(f.reason.contains("too many bad frames"));
+    // Another session is served as before.
+    let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(3), "fine").await;
+    assert!(party.is_ok());
+    core.stop().await;
+}
