@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 
 use crate::audio::{self, AudioSource, Frame};
 use crate::error::{Cause, Error, Result, Stage};
@@ -22,7 +22,7 @@ use crate::signaling::Party;
 use crate::transcript::{Side, Transcript, What};
 use crate::wire::{Event, PartyId, ServDesc, ServUfrag};
 
-/// Frames of heard audio queued for the application before the oldest are dropped (2 s).
+/// Frames of heard audio kept for the application; when it lags, the oldest go first (2 s).
 const HEARD_QUEUE: usize = 100;
 
 /// What every state carries: the media layer and the transcript it records to.
@@ -272,7 +272,7 @@ impl S2Accepted {
         join.returned(18, "ontrack", track);
 
         join.call(19, "play", "decoded 20 ms frames to the application");
-        let (heard_tx, heard) = mpsc::channel(HEARD_QUEUE);
+        let (heard_tx, heard) = broadcast::channel(HEARD_QUEUE);
         attempt!(join, Some(&mut party), timed(19, "play", join.media_timeout, join.media.play(heard_tx)).await);
         Ok(Connected { join, party, offer, core, heard })
     }
@@ -303,6 +303,17 @@ async fn candidate_addr(core: &ServUfrag, ws_host: Option<&str>) -> Result<IpAdd
         .ok_or_else(|| err(format!("{host:?} resolves to no address")))
 }
 
+/// The next frame, past any the receiver lagged behind on.
+async fn next_heard(rx: &mut broadcast::Receiver<Frame>) -> Option<Frame> {
+    loop {
+        match rx.recv().await {
+            Ok(f) => return Some(f),
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
 /// What happened in the call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallEvent {
@@ -318,7 +329,7 @@ pub struct Connected {
     party: Party,
     offer: OfferFacts,
     core: ServUfrag,
-    heard: mpsc::Receiver<Frame>,
+    heard: broadcast::Receiver<Frame>,
 }
 
 impl Connected {
@@ -338,9 +349,15 @@ impl Connected {
         &self.core
     }
 
-    /// The next 20 ms of heard audio (48 kHz mono), or `None` once the media is closed.
+    /// The next 20 ms of heard audio (48 kHz mono), or `None` once the media is closed. Up to
+    /// 2 s are kept while the application does not read; past that the oldest frames are dropped.
     pub async fn next_frame(&mut self) -> Option<Frame> {
-        self.heard.recv().await
+        next_heard(&mut self.heard).await
+    }
+
+    /// Drops the heard audio kept so far, so the next frame is the newest.
+    pub fn skip_heard(&mut self) {
+        self.heard = self.heard.resubscribe();
     }
 
     /// The next thing that happens in the call: an event from the core, or the end of the media.
@@ -355,16 +372,17 @@ impl Connected {
         }
     }
 
-    /// Collects what is heard for `duration` while watching the core and the media; fails if the
-    /// call ends meanwhile.
+    /// Collects what is heard during the next `duration` (audio kept from before is skipped)
+    /// while watching the core and the media; fails if the call ends meanwhile.
     pub async fn listen(&mut self, duration: Duration) -> Result<Vec<i16>> {
+        self.skip_heard();
         let deadline = tokio::time::sleep(duration);
         tokio::pin!(deadline);
         let mut heard = Vec::with_capacity((duration.as_secs_f64() * f64::from(audio::SAMPLE_RATE)) as usize);
         loop {
             tokio::select! {
                 _ = &mut deadline => return Ok(heard),
-                f = self.heard.recv() => match f {
+                f = next_heard(&mut self.heard) => match f {
                     Some(f) => heard.extend_from_slice(&f),
                     None => return Err(Error::new(Stage::InCall, Cause::Disconnected { reason: "the media closed".into() })),
                 },

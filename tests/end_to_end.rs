@@ -239,7 +239,7 @@ async fn the_same_peer_with_its_true_fingerprint_is_heard() {
     let mut b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
     let (_party, mut media) = by_hand::join_tampered(&core, None).await;
     tokio::time::timeout(Duration::from_secs(3), media.remote_track()).await.expect("a track").expect("a track");
-    let (tx, _rx) = tokio::sync::mpsc::channel(100);
+    let (tx, _rx) = tokio::sync::broadcast::channel(100);
     media.play(tx).await.unwrap();
     b.listen(Duration::from_millis(600)).await.unwrap();
     let s = shares(&mut b, &[1760.0], 1000).await;
@@ -255,7 +255,7 @@ async fn a_party_whose_media_falls_silent_is_freed_and_told() {
     let core = start_core().await; // media_timeout 3 s
     let (mut party, mut media) = by_hand::join_tampered(&core, None).await;
     tokio::time::timeout(Duration::from_secs(3), media.remote_track()).await.expect("a track").expect("a track");
-    let (tx, _rx) = tokio::sync::mpsc::channel(100);
+    let (tx, _rx) = tokio::sync::broadcast::channel(100);
     media.play(tx).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(core.stats().parties_with_media, 1);

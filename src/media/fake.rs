@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 
 use super::{IceServer, MediaEngine};
 use crate::audio::{AudioSource, Frame, FRAME_DURATION};
@@ -124,7 +124,7 @@ impl MediaEngine for FakeMedia {
         }
         Ok("audio track, opus/48000/2".into())
     }
-    async fn play(&mut self, heard: mpsc::Sender<Frame>) -> Result<(), String> {
+    async fn play(&mut self, heard: broadcast::Sender<Frame>) -> Result<(), String> {
         self.call("play")?;
         let mut source = match self.remote_tone {
             Some(hz) => AudioSource::tone(hz).open()?,
@@ -144,8 +144,8 @@ impl MediaEngine for FakeMedia {
             let mut tick = tokio::time::interval(FRAME_DURATION);
             loop {
                 tick.tick().await;
-                if heard.try_send(source.next_frame()).is_err() && heard.is_closed() {
-                    return;
+                if heard.send(source.next_frame()).is_err() {
+                    return; // nobody listens any more
                 }
             }
         }));

@@ -10,7 +10,7 @@ pub mod rtc;
 pub mod sdp;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 
 use crate::audio::{AudioSource, Frame};
 
@@ -41,8 +41,8 @@ pub trait MediaEngine: Send {
     /// Step 18: resolves when the remote audio track arrives; returns a description of it.
     async fn remote_track(&mut self) -> Result<String, String>;
     /// Step 19: start sending the local audio and decoding the remote track; every decoded
-    /// 20 ms frame goes to `heard` (dropped, not queued without bound, if the receiver lags).
-    async fn play(&mut self, heard: mpsc::Sender<Frame>) -> Result<(), String>;
+    /// 20 ms frame goes to `heard` (a receiver that lags loses the oldest frames, not the newest).
+    async fn play(&mut self, heard: broadcast::Sender<Frame>) -> Result<(), String>;
     /// In the call: resolves with a reason when the media session ends (ICE or DTLS failed, closed).
     async fn ended(&mut self) -> String;
     /// Closes the PeerConnection and stops every task; idempotent.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine as RtcMediaEngine, MIME_TYPE_OPUS};
@@ -199,7 +199,7 @@ impl MediaEngine for RtcMedia {
         Ok(d)
     }
 
-    async fn play(&mut self, heard: mpsc::Sender<Frame>) -> Result<(), String> {
+    async fn play(&mut self, heard: broadcast::Sender<Frame>) -> Result<(), String> {
         let remote = self.remote.clone().ok_or("no remote track (step 18 did not run)")?;
         let track = self.track.clone().ok_or("no local track (step 6 did not run)")?;
         let mut local = self.local.take().ok_or("no local audio (steps 1–2 did not run)")?;
@@ -231,7 +231,7 @@ impl MediaEngine for RtcMedia {
                     // Conceal up to five lost packets (100 ms); a longer gap is a pause.
                     for _ in 1..gap.min(6) {
                         if let Ok(f) = decoder.decode(None) {
-                            let _ = heard.try_send(f);
+                            let _ = heard.send(f);
                         }
                     }
                 }
@@ -240,11 +240,9 @@ impl MediaEngine for RtcMedia {
                     continue;
                 }
                 match decoder.decode(Some(&packet.payload)) {
+                    // Without a listener the frame is dropped; reading goes on so nothing backs up.
                     Ok(f) => {
-                        if heard.try_send(f).is_err() && heard.is_closed() {
-                            // Nobody listens any more; keep draining so the PeerConnection does
-                            // not back up.
-                        }
+                        let _ = heard.send(f);
                     }
                     Err(e) => tracing::debug!("undecodable Opus packet {seq}: {e}"),
                 }

@@ -131,6 +131,12 @@
     party: null,
     conference: null,
     pc: null,
+    // What went into and came out of steps 9-15: the offer's SDP, the CALLME_S2 params taken
+    // from it, servufrag as read, and the answer SDP written from it.
+    offerSdp: null,
+    s2Params: null,
+    servufrag: null,
+    answerSdp: null,
     // The last analysis made by heard() / toneLevels().
     lastAnalysis: null,
     heard,
@@ -539,9 +545,13 @@
     return audioCtx.resume().catch(() => {});
   }
 
+  // Below this the strongest bin is taken for silence (the analyser's floor is -140 dB).
+  const SILENCE_DB = -100;
+
   // Averages the analyser's power spectrum over `ms` milliseconds and reports, for each of
   // `freqs`, its level in dB (absolute, as the analyser scales it) and relative to the
-  // strongest bin between 50 Hz and 8 kHz.
+  // strongest bin between 50 Hz and 8 kHz. When all is silence the relative levels are -999.
+  // `silent` tells that case apart.
   async function heard(ms = 1000, freqs = []) {
     if (!analyser) throw new Error('nothing to listen to: the join has not reached step 19');
     if (audioCtx.state !== 'running') await audioCtx.resume().catch(() => {});
@@ -578,20 +588,21 @@
       sampleRate: audioCtx.sampleRate,
       binHz: round(binHz * 10) / 10,
       peak: { hz: Math.round(peakBin * binHz), db: round(peakDb) },
+      silent: !(peakDb >= SILENCE_DB),
       db: {},
       relative: {},
     };
     for (const hz of freqs) {
       const l = level(Number(hz));
       out.db[hz] = round(l);
-      out.relative[hz] = round(Number.isFinite(peakDb) ? l - peakDb : -Infinity);
+      out.relative[hz] = round(peakDb >= SILENCE_DB ? l - peakDb : -Infinity);
     }
     callme.lastAnalysis = out;
     return out;
   }
 
-  // For each of `freqs`, its level in dB relative to the strongest bin (0 for the strongest,
-  // -999 for silence), measured over `ms` milliseconds.
+  // For each of `freqs`, its level in dB relative to the strongest bin (0 for the strongest;
+  // -999 for each when nothing is heard), measured over `ms` milliseconds.
   async function toneLevels(freqs, ms = 1000) {
     const a = await heard(ms, freqs);
     return a.relative;
@@ -783,6 +794,7 @@
     }
     step(8, `${offer.sdp.length} bytes of SDP`);
 
+    callme.offerSdp = offer.sdp;
     const facts = parseOffer(offer.sdp, 9);
     step(9, `ufrag ${facts.ufrag}, mid ${facts.mid}, opus ${facts.opusPt}`);
 
@@ -795,13 +807,15 @@
     step(11);
 
     // Steps 12-14: CALLME_S2, its answer, servufrag.
-    const s2Seq = session.sendAt(12, 'CALLME_S2', 'conf', { ...own, ...s2Params(facts) });
+    callme.s2Params = s2Params(facts);
+    const s2Seq = session.sendAt(12, 'CALLME_S2', 'conf', { ...own, ...callme.s2Params });
     step(12, `seq ${s2Seq}`);
     const s2 = await session.answer(s2Seq, 13, 'CALLME_S2');
     if (Number(s2.result && s2.result.code) !== 0) throw new StepError(13, refusal(s2.result || {}));
     step(13, 'code 0');
     const servufrag = await session.event('conf.webrtc.servufrag', 14);
     const core = readServUfrag(servufrag.result, 14);
+    callme.servufrag = core;
     step(14, `port ${core.port}`);
 
     // Steps 15-17: the core's answer, setRemoteDescription.
