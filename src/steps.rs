@@ -131,9 +131,13 @@ impl MediaReady {
             return Err(join.fail(Some(&mut party), Error::new(Stage::Step(4), Cause::Refused(refusal))).await);
         }
         let event = attempt!(join, Some(&mut party), party.session.event(Stage::Step(5), ServDesc::EVENT).await);
+        // The TURN credentials are secrets: redacted even when the event turns out malformed.
+        for (field, placeholder) in [("username", "turn-username"), ("credential", "turn-credential")] {
+            if let Some(v) = event.evt_data().get(field).and_then(serde_json::Value::as_str) {
+                join.transcript.redact(v, placeholder);
+            }
+        }
         let servdesc = attempt!(join, Some(&mut party), parse_event(5, &event, ServDesc::from_event));
-        join.transcript.redact(&servdesc.username, "turn-username");
-        join.transcript.redact(&servdesc.credential, "turn-credential");
         Ok(S1Accepted { join, party, servdesc })
     }
 }

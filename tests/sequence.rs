@@ -223,7 +223,7 @@ cases! {
         Case::new().fault(Fault::CloseAfterEvent { on: S1 }) => fails(12, "transport");
     a_refused_callme_s2_gives_up_at_step_13_with_the_cores_code:
         "CALLME_S2 refused: fingerprint malformed",
-        Case::new().fault(refuse(S2, 204, "proto", "fingerprint: not 32 colon-separated hex bytes")) => fails(13, "code 204 (proto)");
+        Case::new().fault(refuse(S2, 204, "proto", "param fingerprint: not 32 colon-separated hex bytes")) => fails(13, "code 204 (proto)");
     a_silent_core_after_callme_s2_times_out_at_step_13:
         "CALLME_S2 never answered",
         Case::new().fault(Fault::NoAnswer { on: S2 }) => fails(13, "the answer to CALLME_S2 (seq 3)");

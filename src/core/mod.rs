@@ -266,9 +266,10 @@ impl Shared {
 
     /// The media of a party ended (reported by its supervisor): free it, tell its session.
     async fn media_ended(self: Arc<Self>, conf_id: ConfId, party: PartyId, generation: u64, reason: String) {
-        let (media, tx) = {
+        let (media, tx, cluster) = {
             let mut reg = self.lock();
             let Some(conf) = reg.confs.get_mut(&conf_id) else { return };
+            let cluster = conf.cluster;
             let Some(p) = conf.parties.get_mut(&party) else { return };
             if p.media.generation() != Some(generation) {
                 return; // replaced meanwhile
@@ -276,11 +277,11 @@ impl Shared {
             let media = p.media.take_running();
             let session = p.session;
             let _ = conf.mixer.try_send(mixer::Input::Remove { party });
-            (media, reg.sessions.get(&session).cloned())
+            (media, reg.sessions.get(&session).cloned(), cluster)
         };
         tracing::info!(%party, %reason, "media ended");
         if let Some(tx) = tx {
-            let _ = tx.send(Message::text(disconnected(conf_id, party, &reason).to_string()));
+            let _ = tx.send(Message::text(disconnected(cluster, conf_id, party, &reason).to_string()));
         }
         if let Some(m) = media {
             m.close().await;
@@ -330,9 +331,9 @@ impl Shared {
     }
 }
 
-fn disconnected(conf: ConfId, party: PartyId, reason: &str) -> Value {
+fn disconnected(cluster: u64, conf: ConfId, party: PartyId, reason: &str) -> Value {
     json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": "Disconnected",
-        "result": {"ClusterID": 1, "ID": conf.0, "PartyID": party.0, "reason": reason}}})
+        "result": {"ClusterID": cluster, "ID": conf.0, "PartyID": party.0, "reason": reason}}})
 }
 
 fn conf_changed(conf: &Conf, extra: Value) -> Value {
@@ -488,7 +489,10 @@ fn read_command(shared: &Shared, text: &str) -> Result<Cmd, Value> {
     let cmd_name = o.get("cmd").and_then(Value::as_str).unwrap_or("").to_owned();
     let obj = o.get("obj").and_then(Value::as_str).unwrap_or("").to_owned();
     let mut cmd = Cmd { cmd: cmd_name, seq, obj, params: BTreeMap::new() };
-    let fail = |c: &Cmd, code: i64, text: String| Err(negative(c, refuse(code, "proto", text)));
+    // With `seq` 0 no answer is wanted: the error goes out as an event instead.
+    let fail = |c: &Cmd, code: i64, text: String| {
+        Err(if c.seq > 0 { negative(c, refuse(code, "proto", text)) } else { error_event(code, "proto", &text) })
+    };
     match o.get("cmd") {
         None => return fail(&cmd, code::BAD_FRAME, "cmd: missing".into()),
         Some(Value::String(_)) => {}
@@ -617,7 +621,7 @@ fn own_party<'a>(reg: &'a mut Registry, session: u64, c: &Cmd) -> Result<(&'a mu
 }
 
 async fn cmd_s1(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
-    let (old, conf_id, party) = {
+    let (old, conf_id, cluster, party) = {
         let mut reg = shared.lock();
         reg.next_generation += 1;
         let generation = reg.next_generation;
@@ -628,7 +632,7 @@ async fn cmd_s1(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
         if old.is_some() {
             let _ = conf.mixer.try_send(mixer::Input::Remove { party });
         }
-        (old, conf.id, party)
+        (old, conf.id, conf.cluster, party)
     };
     if let Some(old) = old {
         old.close().await; // a reconnect replaces the old media session
@@ -641,20 +645,20 @@ async fn cmd_s1(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
         (None, Some(stun)) => (stun.clone(), String::new(), String::new()),
         (None, None) => (String::new(), String::new(), String::new()),
     };
-    let evt = json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": "servdesc", "result": {"ClusterID": 1, "ID": conf_id.0, "PartyID": party.0,
+    let evt = json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": "servdesc", "result": {"ClusterID": cluster, "ID": conf_id.0, "PartyID": party.0,
         "EvtData": {"serveraddr": serveraddr, "username": username, "credential": credential}}}});
     Ok((json!({"code": 0}), vec![evt]))
 }
 
 async fn cmd_s2(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
-    let (conf_id, party, generation, mixer_tx) = {
+    let (conf_id, cluster, party, generation, mixer_tx) = {
         let mut reg = shared.lock();
         let (conf, party) = own_party(&mut reg, session, c)?;
         let p = &conf.parties[&party];
         let MediaState::Offered { generation } = p.media else {
             return Err(refuse(code::S2_BEFORE_S1, "conf", format!("party {party} has no CALLME_S1 under way: send CALLME_S1 first")));
         };
-        (conf.id, party, generation, conf.mixer.clone())
+        (conf.id, conf.cluster, party, generation, conf.mixer.clone())
     };
     let params = S2Params::from_params(&c.params).map_err(|e| refuse(e.code, "proto", e.text))?;
     let ended_shared = shared.clone();
@@ -680,7 +684,7 @@ async fn cmd_s2(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
         return Err(refuse(code::NO_PARTY, "conf", format!("party {party} left or reconnected during CALLME_S2")));
     }
     let env = &shared.env;
-    let evt = json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": "servufrag", "result": {"ClusterID": 1, "ID": conf_id.0, "PartyID": party.0,
+    let evt = json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": "servufrag", "result": {"ClusterID": cluster, "ID": conf_id.0, "PartyID": party.0,
         "EvtData": {"ufrag": ice.ufrag, "pwd": ice.pwd, "fingerprint": ice.fingerprint, "port": env.port, "addr": env.announce.to_string()}}}});
     Ok((json!({"code": 0}), vec![evt]))
 }

@@ -110,14 +110,21 @@ async function main() {
   if (opts.relay) page_url.searchParams.set('relay', '1');
 
   const profile = mkdtempSync(join(tmpdir(), 'callme-chromium-'));
-  let browser = null;
   let context = null;
-  const closeBrowser = async () => {
-    const b = context || browser;
-    context = null;
-    browser = null;
-    if (b) await Promise.race([b.close().catch(() => {}), new Promise((r) => setTimeout(r, 5000))]);
-    rmSync(profile, { recursive: true, force: true });
+  // Closes the browser once (later calls wait for the first) and removes the profile.
+  let closing = null;
+  const closeBrowser = () => {
+    if (!closing) {
+      closing = (async () => {
+        if (context) await Promise.race([context.close().catch(() => {}), new Promise((r) => setTimeout(r, 5000))]);
+        try {
+          rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+        } catch (e) {
+          console.error(`could not remove ${profile}: ${e.message}`);
+        }
+      })();
+    }
+    return closing;
   };
 
   const deadline = setTimeout(async () => {

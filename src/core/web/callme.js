@@ -12,7 +12,8 @@
 // SDK's `media::sdp::build_answer` does.
 //
 // For tests and scripts the page exposes
-//   window.callme = { steps, log, done, error, failedStep, ended, heard(ms, freqs), toneLevels(freqs, ms) }
+//   window.callme = { steps, log, done, error, failedStep, ended, heard(ms, freqs), toneLevels(freqs, ms),
+//                     party, conference, pc, offerSdp, s2Params, servufrag, answerSdp, lastAnalysis }
 //   window.callmeJoin() -> the `done` promise (starts the join if it has not started)
 
 (() => {
@@ -128,6 +129,7 @@
     failedStep: null,
     // Why the call ended after a successful join (null while it runs).
     ended: null,
+    cluster: null,
     party: null,
     conference: null,
     pc: null,
