@@ -67,6 +67,11 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
     let b_party = 2;
 
     let (mut ws, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
+    // Before cd.load the session holds no party: CALLME is not authorised.
+    let early = exchange(&mut ws, &format!(r#"{{"cmd":"CALLME_S1","seq":1,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#)).await;
+    let (c, text) = code_and_text(&early);
+    assert_eq!(c, code::NOT_AUTHORISED, "{early}");
+    assert!(text.contains("cd.load first"), "{text}");
     let load = exchange(&mut ws, r#"{"cmd":"load","seq":1,"obj":"cd","params":{"ClusterID":"1","SchemeID":"7","NAME":"prober"}}"#).await;
     assert_eq!(code_and_text(&load).0, code::LOAD_CONNECTED);
     let me = load.pointer("/ANSW/result/SVPartyID").unwrap().as_u64().unwrap();

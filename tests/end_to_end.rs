@@ -267,3 +267,26 @@ async fn a_party_whose_media_falls_silent_is_freed_and_told() {
     assert_eq!(core.stats().parties, 1, "the party itself stays loaded");
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callme_s1_again_replaces_the_running_media_session() {
+    use callme::media::MediaEngine;
+    let core = start_core().await;
+    let mut b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
+    let (mut party, mut old) = by_hand::join_tampered(&core, None).await;
+    tokio::time::timeout(Duration::from_secs(3), old.remote_track()).await.expect("a track").expect("a track");
+    let (tx, _rx) = tokio::sync::broadcast::channel(100);
+    old.play(tx).await.unwrap();
+    b.listen(Duration::from_millis(500)).await.unwrap();
+    assert!(shares(&mut b, &[1760.0], 800).await[0] > 0.8, "the first media session is heard");
+    // CALLME_S1 again, without hanging up: the core drops the old media session at once.
+    let s1 = by_hand::callme(&party, "CALLME_S1");
+    assert_eq!(party.session().request(callme::Stage::Step(3), s1).await.unwrap().code, 0);
+    assert_eq!(core.stats().parties_with_media, 1, "only b's media runs; the party waits for CALLME_S2");
+    b.listen(Duration::from_millis(300)).await.unwrap();
+    assert!(shares(&mut b, &[1760.0], 800).await[0] < 0.01, "the old media session is no longer mixed");
+    assert_eq!(core.stats().parties, 2, "the party itself stays");
+    old.close().await;
+    b.leave().await;
+    core.stop().await;
+}

@@ -610,6 +610,9 @@ fn cmd_loadlist(shared: &Shared, c: &Cmd) -> Handled {
 /// Finds the party a CALLME command names and checks it is the session's own.
 fn own_party<'a>(reg: &'a mut Registry, session: u64, c: &Cmd) -> Result<(&'a mut Conf, PartyId), Refuse> {
     num_param(c, "ClusterID")?;
+    if !reg.confs.values().any(|conf| conf.parties.values().any(|p| p.session == session)) {
+        return Err(refuse(code::NOT_AUTHORISED, "auth", "this session holds no party: send cd.load first"));
+    }
     let conf_id = ConfId(num_param(c, "ID")?);
     let party = PartyId(num_param(c, "PartyID")?);
     let conf = reg.confs.get_mut(&conf_id).ok_or_else(|| refuse(code::NO_CONFERENCE, "conf", format!("param ID: no running conference {conf_id}")))?;
