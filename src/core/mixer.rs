@@ -180,6 +180,8 @@ pub struct MixerCore {
     slots: BTreeMap<PartyId, Slot>,
     shared_encoder: Option<Encoder>,
     shared_limiter: Limiter,
+    /// The shared mix of the last tick, for a party whose media just came up.
+    last_shared: Option<Bytes>,
     mix: Vec<i32>,
     pcm: Vec<i16>,
 }
@@ -298,7 +300,15 @@ impl MixerCore {
             };
             outputs.push(Output { party: *party, packet });
         }
+        if shared.is_some() {
+            self.last_shared = shared;
+        }
         outputs
+    }
+
+    /// The shared mix of the last tick: what a party that is not speaking hears right now.
+    pub fn last_shared(&self) -> Option<Bytes> {
+        self.last_shared.clone()
     }
 }
 
@@ -306,6 +316,9 @@ impl MixerCore {
 pub enum Input {
     Add { party: PartyId, track: Arc<TrackLocalStaticSample> },
     Remove { party: PartyId },
+    /// The party's DTLS is up: send it the current mix now rather than at the next tick, so its
+    /// first audio does not wait for the tick.
+    Connected { party: PartyId },
     Packet { party: PartyId, seq: u16, payload: Bytes },
 }
 
@@ -328,6 +341,12 @@ pub async fn run(mut rx: mpsc::Receiver<Input>) {
                 Some(Input::Remove { party }) => {
                     core.remove(party);
                     tracks.remove(&party);
+                }
+                Some(Input::Connected { party }) => {
+                    if let (Some(track), Some(packet)) = (tracks.get(&party), core.last_shared()) {
+                        let sample = Sample { data: packet, duration: FRAME_DURATION, ..Default::default() };
+                        let _ = track.write_sample(&sample).await;
+                    }
                 }
                 Some(Input::Packet { party, seq, payload }) => core.push(party, seq, payload),
             },

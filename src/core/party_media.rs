@@ -272,7 +272,11 @@ impl PartyMedia {
             Box::pin(async {})
         }));
         let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let connected_tx = mixer_tx.clone();
         pc.on_peer_connection_state_change(Box::new(move |s| {
+            if s == RTCPeerConnectionState::Connected {
+                let _ = connected_tx.try_send(mixer::Input::Connected { party });
+            }
             let _ = state_tx.send(s);
             Box::pin(async {})
         }));
