@@ -130,7 +130,12 @@ pub fn read_wav(path: &Path) -> Result<Vec<i16>, String> {
     let mut reader = hound::WavReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let spec = reader.spec();
     if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
-        return Err(format!("{}: only 16-bit integer PCM is read, this is {:?} {}-bit", path.display(), spec.sample_format, spec.bits_per_sample));
+        return Err(format!(
+            "{}: only 16-bit integer PCM is read, this is {:?} {}-bit",
+            path.display(),
+            spec.sample_format,
+            spec.bits_per_sample
+        ));
     }
     let raw: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>().map_err(|e| format!("{}: {e}", path.display()))?;
     let ch = usize::from(spec.channels.max(1));
@@ -215,9 +220,7 @@ pub fn dominant_frequencies(samples: &[i16], max: usize) -> Vec<(f32, f64)> {
     let mut peaks: Vec<(f32, f64)> = grid
         .iter()
         .enumerate()
-        .filter(|&(i, &(_, p))| {
-            p >= 0.05 && (i == 0 || grid[i - 1].1 <= p) && (i + 1 == grid.len() || grid[i + 1].1 < p)
-        })
+        .filter(|&(i, &(_, p))| p >= 0.05 && (i == 0 || grid[i - 1].1 <= p) && (i + 1 == grid.len() || grid[i + 1].1 < p))
         .map(|(_, &fp)| fp)
         .collect();
     peaks.sort_by(|a, b| b.1.total_cmp(&a.1));

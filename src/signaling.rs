@@ -89,13 +89,9 @@ impl Session {
         use tokio_tungstenite::tungstenite::http::HeaderValue;
 
         let err = |cause| Error::new(Stage::Open, cause);
-        let mut request = url
-            .into_client_request()
-            .map_err(|e| err(Cause::Invalid { reason: format!("url {url:?}: {e}") }))?;
+        let mut request = url.into_client_request().map_err(|e| err(Cause::Invalid { reason: format!("url {url:?}: {e}") }))?;
         let host = request.uri().host().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_owned());
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(wire::SUBPROTOCOL));
+        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(wire::SUBPROTOCOL));
         let (ws, _response) = tokio::time::timeout(timeouts.open, tokio_tungstenite::connect_async(request))
             .await
             .map_err(|_| err(Cause::TimedOut { waiting_for: format!("the WebSocket {url}"), after: timeouts.open }))?
@@ -196,10 +192,7 @@ impl Session {
         }
         let frame = cmd.to_frame();
         self.transcript.record(step, Side::Ws, What::Sent { frame: frame.clone() });
-        self.transport
-            .send(frame)
-            .await
-            .map_err(|reason| Error::new(stage, Cause::Transport { reason }))?;
+        self.transport.send(frame).await.map_err(|reason| Error::new(stage, Cause::Transport { reason }))?;
         Ok(cmd.seq)
     }
 
@@ -234,8 +227,7 @@ impl Session {
         if let Some(i) = self.kept.iter().position(|(_, e)| e.name() == name) {
             let (from_step, e) = self.kept.remove(i).expect("position is in range");
             self.used.insert(name.to_owned());
-            self.transcript
-                .record(stage.transcript_step(), Side::Ws, What::Kept { name: name.to_owned(), from_step });
+            self.transcript.record(stage.transcript_step(), Side::Ws, What::Kept { name: name.to_owned(), from_step });
             return Ok(e);
         }
         let deadline = Instant::now() + self.timeouts.event;
@@ -391,10 +383,7 @@ impl Party {
     }
     /// The params every CALLME command carries: `ClusterID`, `ID`, `PartyID`.
     pub(crate) fn callme(&self, cmd: &str) -> Command {
-        Command::new("conf", cmd)
-            .param("ClusterID", self.loaded.cluster)
-            .param("ID", self.loaded.conf)
-            .param("PartyID", self.loaded.party)
+        Command::new("conf", cmd).param("ClusterID", self.loaded.cluster).param("ID", self.loaded.conf).param("PartyID", self.loaded.party)
     }
 }
 
@@ -405,9 +394,7 @@ where
 {
     use tokio_tungstenite::tungstenite::Message;
     let (sink, stream) = ws.split();
-    let sink = sink
-        .sink_map_err(|e| e.to_string())
-        .with(|text: String| futures::future::ready(Ok::<_, String>(Message::text(text))));
+    let sink = sink.sink_map_err(|e| e.to_string()).with(|text: String| futures::future::ready(Ok::<_, String>(Message::text(text))));
     let mut ended = false;
     let stream = stream
         .map(|m| match m {

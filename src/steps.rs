@@ -45,7 +45,6 @@ impl Join {
         self.record(step, Side::Media, What::Returned { name: name.to_owned(), detail: detail.into() });
     }
 
-
     /// Leaves nothing half-open after a failure: records it, closes the media, tells the core.
     async fn fail(mut self, party: Option<&mut Party>, error: Error) -> Error {
         let step = error.stage.transcript_step();
@@ -80,6 +79,29 @@ macro_rules! attempt {
             Err(e) => return Err($join.fail($party, e).await),
         }
     };
+}
+
+impl Party {
+    /// All 19 steps in one call, with the real media layer: for applications that want the call,
+    /// not the steps. Same errors, same clean-up, same transcript as the typestates one by one.
+    pub async fn join(self, source: AudioSource) -> Result<Connected> {
+        self.join_with(RtcMedia::default(), source).await
+    }
+
+    /// [`Party::join`] with a chosen media layer.
+    pub async fn join_with(self, media: impl MediaEngine + 'static, source: AudioSource) -> Result<Connected> {
+        let transcript = self.transcript();
+        MediaReady::acquire_with(media, source, &transcript)
+            .await?
+            .call_me_s1(self)
+            .await?
+            .create_offer()
+            .await?
+            .call_me_s2()
+            .await?
+            .connect()
+            .await
+    }
 }
 
 /// Steps 1–2 done: the local audio stream exists. Next: [`MediaReady::call_me_s1`].
@@ -167,24 +189,28 @@ impl S1Accepted {
         let ice: Vec<IceServer> = if servdesc.serveraddr.is_empty() {
             Vec::new()
         } else {
-            vec![IceServer { url: servdesc.serveraddr.clone(), username: servdesc.username.clone(), credential: servdesc.credential.clone() }]
+            vec![IceServer {
+                url: servdesc.serveraddr.clone(),
+                username: servdesc.username.clone(),
+                credential: servdesc.credential.clone(),
+            }]
         };
         let detail = match ice.first() {
             Some(s) => format!("iceServers [{}] user {}", s.url, s.username),
             None => "no ICE server".to_owned(),
         };
         join.call(6, "createPeerConnection", detail);
-        attempt!(join, Some(&mut party), timed(6, "createPeerConnection", join.media_timeout, join.media.create_peer_connection(&ice)).await);
+        attempt!(
+            join,
+            Some(&mut party),
+            timed(6, "createPeerConnection", join.media_timeout, join.media.create_peer_connection(&ice)).await
+        );
 
         join.call(7, "createOffer", "");
         let sdp = attempt!(join, Some(&mut party), timed(8, "createOffer", join.media_timeout, join.media.create_offer()).await);
         join.returned(8, "createOffer", sdp.clone());
 
-        let offer = attempt!(
-            join,
-            Some(&mut party),
-            sdp::parse_offer(&sdp).map_err(|w| Error::new(Stage::Step(9), Cause::Offer(w)))
-        );
+        let offer = attempt!(join, Some(&mut party), sdp::parse_offer(&sdp).map_err(|w| Error::new(Stage::Step(9), Cause::Offer(w))));
         let t = &join.transcript;
         t.redact(&offer.ufrag, "local-ufrag");
         t.redact(&offer.pwd, "local-pwd");
@@ -200,7 +226,11 @@ impl S1Accepted {
         join.record(9, Side::Local, What::Returned { name: "parseOffer".into(), detail: facts.join(" ") });
 
         join.call(10, "setLocalDescription", "offer");
-        attempt!(join, Some(&mut party), timed(11, "setLocalDescription", join.media_timeout, join.media.set_local_description(&sdp)).await);
+        attempt!(
+            join,
+            Some(&mut party),
+            timed(11, "setLocalDescription", join.media_timeout, join.media.set_local_description(&sdp)).await
+        );
         join.returned(11, "setLocalDescription", "");
         Ok(Offered { join, party, offer })
     }
@@ -269,7 +299,11 @@ impl S2Accepted {
         join.record(15, Side::Local, What::Returned { name: "buildAnswer".into(), detail: answer.clone() });
 
         join.call(16, "setRemoteDescription", "answer");
-        attempt!(join, Some(&mut party), timed(17, "setRemoteDescription", join.media_timeout, join.media.set_remote_description(&answer)).await);
+        attempt!(
+            join,
+            Some(&mut party),
+            timed(17, "setRemoteDescription", join.media_timeout, join.media.set_remote_description(&answer)).await
+        );
         join.returned(17, "setRemoteDescription", "");
 
         let track = attempt!(join, Some(&mut party), timed(18, "ontrack", join.media_timeout, join.media.remote_track()).await);
@@ -285,7 +319,8 @@ impl S2Accepted {
 /// The address of the core's candidate: servufrag's `addr`, else the WebSocket's host; a name is
 /// resolved (IPv4 first).
 async fn candidate_addr(core: &ServUfrag, ws_host: Option<&str>) -> Result<IpAddr> {
-    let err = |reason: String| Error::new(Stage::Step(15), Cause::Malformed(crate::wire::WireError::new("EVT.result.EvtData.addr", reason)));
+    let err =
+        |reason: String| Error::new(Stage::Step(15), Cause::Malformed(crate::wire::WireError::new("EVT.result.EvtData.addr", reason)));
     let host = match (&core.addr, ws_host) {
         (Some(a), _) => a.clone(),
         (None, Some(h)) => h.to_owned(),
@@ -295,16 +330,9 @@ async fn candidate_addr(core: &ServUfrag, ws_host: Option<&str>) -> Result<IpAdd
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip);
     }
-    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), core.port))
-        .await
-        .map_err(|e| err(format!("{host:?} does not resolve: {e}")))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .map(|a| a.ip())
-        .ok_or_else(|| err(format!("{host:?} resolves to no address")))
+    let addrs: Vec<_> =
+        tokio::net::lookup_host((host.as_str(), core.port)).await.map_err(|e| err(format!("{host:?} does not resolve: {e}")))?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).map(|a| a.ip()).ok_or_else(|| err(format!("{host:?} resolves to no address")))
 }
 
 /// The next frame, past any the receiver lagged behind on.

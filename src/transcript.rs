@@ -145,7 +145,7 @@ impl Transcript {
         if !inner.redactions.iter().any(|(v, _)| v == value) {
             inner.redactions.push((value.to_owned(), format!("[{placeholder}]")));
             // Longest first, so a value that contains another is replaced whole.
-            inner.redactions.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            inner.redactions.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         }
     }
 

@@ -202,8 +202,7 @@ pub enum Incoming {
 impl Incoming {
     /// Parses one text frame strictly; the error names the field.
     pub fn parse(text: &str) -> Result<Incoming, WireError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| WireError::new("frame", format!("not valid JSON ({e})")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| WireError::new("frame", format!("not valid JSON ({e})")))?;
         let Value::Object(top) = value else {
             return Err(WireError::new("frame", "not a JSON object"));
         };
@@ -323,13 +322,8 @@ impl ServDesc {
 
     pub fn from_event(e: &Event) -> Result<ServDesc, WireError> {
         let f = Fields::of(e.evt_data(), "EVT.result.EvtData")?;
-        let d = ServDesc {
-            serveraddr: f.string("serveraddr")?,
-            username: f.string("username")?,
-            credential: f.string("credential")?,
-        };
-        let scheme_ok = d.serveraddr.is_empty()
-            || ["turn:", "turns:", "stun:", "stuns:"].iter().any(|p| d.serveraddr.starts_with(p));
+        let d = ServDesc { serveraddr: f.string("serveraddr")?, username: f.string("username")?, credential: f.string("credential")? };
+        let scheme_ok = d.serveraddr.is_empty() || ["turn:", "turns:", "stun:", "stuns:"].iter().any(|p| d.serveraddr.starts_with(p));
         if !scheme_ok {
             return Err(WireError::new(f.path("serveraddr"), "not a turn:, turns:, stun: or stuns: URL"));
         }
@@ -366,8 +360,7 @@ impl ServUfrag {
             None => return Err(WireError::new(f.path("port"), "missing")),
             Some(v) => lenient_u64(v)
                 .filter(|p| (1..=65535).contains(p))
-                .ok_or_else(|| WireError::new(f.path("port"), "not a port number (1-65535)"))?
-                as u16,
+                .ok_or_else(|| WireError::new(f.path("port"), "not a port number (1-65535)"))? as u16,
         };
         let addr = f.opt_string("addr")?;
         let candidates = match f.data.get("candidates") {

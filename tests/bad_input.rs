@@ -8,7 +8,7 @@ use callme::audio::tone_share;
 use callme::core::{self, CoreConfig, CoreHandle};
 use callme::media::{RtcMedia, RtcOptions};
 use callme::wire::code;
-use callme::{AudioSource, ClusterId, Connected, MediaReady, SchemeId, Session};
+use callme::{AudioSource, ClusterId, Connected, SchemeId, Session};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -20,21 +20,7 @@ async fn start_core() -> CoreHandle {
 
 async fn join(core: &CoreHandle, name: &str, hz: f32) -> Connected {
     let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), name).await.unwrap();
-    MediaReady::acquire_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(hz), &party.transcript())
-        .await
-        .unwrap()
-        .call_me_s1(party)
-        .await
-        .unwrap()
-        .create_offer()
-        .await
-        .unwrap()
-        .call_me_s2()
-        .await
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(hz)).await.unwrap()
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -68,7 +54,11 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
 
     let (mut ws, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
     // Before cd.load the session holds no party: CALLME is not authorised.
-    let early = exchange(&mut ws, &format!(r#"{{"cmd":"CALLME_S1","seq":1,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#)).await;
+    let early = exchange(
+        &mut ws,
+        &format!(r#"{{"cmd":"CALLME_S1","seq":1,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#),
+    )
+    .await;
     let (c, text) = code_and_text(&early);
     assert_eq!(c, code::NOT_AUTHORISED, "{early}");
     assert!(text.contains("cd.load first"), "{text}");
@@ -77,7 +67,9 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
     let me = load.pointer("/ANSW/result/SVPartyID").unwrap().as_u64().unwrap();
     let fp = format!("sha-256 {}", ["AB"; 32].join(":"));
     let s2 = |extra: &str| {
-        format!(r#"{{"cmd":"CALLME_S2","seq":20,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{me}","ufrag":"abcd","pwd":"abcdefghijklmnopqrstuvwx","fingerprint":"{fp}"{extra}}}}}"#)
+        format!(
+            r#"{{"cmd":"CALLME_S2","seq":20,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{me}","ufrag":"abcd","pwd":"abcdefghijklmnopqrstuvwx","fingerprint":"{fp}"{extra}}}}}"#
+        )
     };
     let oversize = format!(r#"{{"cmd":"load","seq":9,"obj":"cd","params":{{"NAME":"{}"}}}}"#, "x".repeat(20_000));
     let battery: Vec<(&str, String, i64, &str)> = vec![
@@ -89,16 +81,51 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
         ("cmd of the wrong type", r#"{"cmd":5,"seq":3,"obj":"cd"}"#.into(), code::BAD_FRAME, "cmd: not a string"),
         ("no obj", r#"{"cmd":"load","seq":3}"#.into(), code::BAD_FRAME, "obj: missing"),
         ("params not an object", r#"{"cmd":"load","seq":3,"obj":"cd","params":[1]}"#.into(), code::BAD_FRAME, "params: not an object"),
-        ("a param of the wrong type", r#"{"cmd":"load","seq":4,"obj":"cd","params":{"ClusterID":[1],"SchemeID":"7"}}"#.into(), code::BAD_PARAM, "param ClusterID"),
-        ("a missing param", r#"{"cmd":"load","seq":5,"obj":"cd","params":{"ClusterID":"1"}}"#.into(), code::BAD_PARAM, "param SchemeID is missing"),
-        ("a non-numeric param", r#"{"cmd":"load","seq":5,"obj":"cd","params":{"ClusterID":"1","SchemeID":"seven"}}"#.into(), code::BAD_PARAM, "param SchemeID is \"seven\""),
+        (
+            "a param of the wrong type",
+            r#"{"cmd":"load","seq":4,"obj":"cd","params":{"ClusterID":[1],"SchemeID":"7"}}"#.into(),
+            code::BAD_PARAM,
+            "param ClusterID",
+        ),
+        (
+            "a missing param",
+            r#"{"cmd":"load","seq":5,"obj":"cd","params":{"ClusterID":"1"}}"#.into(),
+            code::BAD_PARAM,
+            "param SchemeID is missing",
+        ),
+        (
+            "a non-numeric param",
+            r#"{"cmd":"load","seq":5,"obj":"cd","params":{"ClusterID":"1","SchemeID":"seven"}}"#.into(),
+            code::BAD_PARAM,
+            "param SchemeID is \"seven\"",
+        ),
         ("an unknown cmd", r#"{"cmd":"EXPLODE","seq":6,"obj":"conf"}"#.into(), code::UNKNOWN_CMD, "cmd: \"EXPLODE\""),
         ("an unknown obj", r#"{"cmd":"load","seq":7,"obj":"kitchen"}"#.into(), code::UNKNOWN_OBJ, "obj: \"kitchen\""),
         ("an oversize frame", oversize, code::TOO_LARGE, "larger than the limit"),
-        ("no such conference", r#"{"cmd":"CALLME_S1","seq":10,"obj":"conf","params":{"ClusterID":"1","ID":"999","PartyID":"1"}}"#.into(), code::NO_CONFERENCE, "param ID"),
-        ("no such party", format!(r#"{{"cmd":"CALLME_S1","seq":11,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"999"}}}}"#), code::NO_PARTY, "param PartyID"),
-        ("someone else's PartyID", format!(r#"{{"cmd":"CALLME_S1","seq":12,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#), code::NOT_OWN_PARTY, "not this session's own"),
-        ("someone else's PartyID in a hang-up", format!(r#"{{"cmd":"CALLME_BYE","seq":13,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#), code::NOT_OWN_PARTY, "not this session's own"),
+        (
+            "no such conference",
+            r#"{"cmd":"CALLME_S1","seq":10,"obj":"conf","params":{"ClusterID":"1","ID":"999","PartyID":"1"}}"#.into(),
+            code::NO_CONFERENCE,
+            "param ID",
+        ),
+        (
+            "no such party",
+            format!(r#"{{"cmd":"CALLME_S1","seq":11,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"999"}}}}"#),
+            code::NO_PARTY,
+            "param PartyID",
+        ),
+        (
+            "someone else's PartyID",
+            format!(r#"{{"cmd":"CALLME_S1","seq":12,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#),
+            code::NOT_OWN_PARTY,
+            "not this session's own",
+        ),
+        (
+            "someone else's PartyID in a hang-up",
+            format!(r#"{{"cmd":"CALLME_BYE","seq":13,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{b_party}"}}}}"#),
+            code::NOT_OWN_PARTY,
+            "not this session's own",
+        ),
         ("CALLME_S2 before CALLME_S1", s2(""), code::S2_BEFORE_S1, "CALLME_S1 first"),
     ];
     for (what, frame, want, names) in &battery {
@@ -109,7 +136,11 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
     }
 
     // With CALLME_S1 done, the S2 param checks.
-    let s1 = exchange(&mut ws, &format!(r#"{{"cmd":"CALLME_S1","seq":19,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{me}"}}}}"#)).await;
+    let s1 = exchange(
+        &mut ws,
+        &format!(r#"{{"cmd":"CALLME_S1","seq":19,"obj":"conf","params":{{"ClusterID":"1","ID":"{conf}","PartyID":"{me}"}}}}"#),
+    )
+    .await;
     assert_eq!(code_and_text(&s1).0, 0);
     let s2_battery: Vec<(&str, String, i64, &str)> = vec![
         ("a malformed fingerprint", s2("").replace(&fp, "sha-256 AB:CD"), code::BAD_FINGERPRINT, "param fingerprint"),
@@ -154,7 +185,12 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_keeps_sending_garbage_is_closed_with_1008() {
-    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), max_errors: 5, ..CoreConfig::default() };
+    let config = CoreConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        media: "127.0.0.1:0".parse().unwrap(),
+        max_errors: 5,
+        ..CoreConfig::default()
+    };
     let core = core::start(config).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
     for _ in 0..10 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use callme::audio::{tone_share, write_wav, AudioSource};
 use callme::core::{self, CoreConfig};
 use callme::media::{RtcMedia, RtcOptions};
-use callme::{ClusterId, MediaReady, SchemeId, Session};
+use callme::{ClusterId, SchemeId, Session};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,21 +17,7 @@ async fn a_browser_and_an_sdk_party_hear_each_other() {
     let core = core::start(config).await.unwrap();
 
     let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "sdk").await.unwrap();
-    let mut sdk = MediaReady::acquire_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0), &party.transcript())
-        .await
-        .unwrap()
-        .call_me_s1(party)
-        .await
-        .unwrap()
-        .create_offer()
-        .await
-        .unwrap()
-        .call_me_s2()
-        .await
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut sdk = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
 
     // The browser's microphone: 10 s of 660 Hz (Chromium loops the file).
     let wav = std::env::temp_dir().join(format!("callme-browser-660-{}.wav", std::process::id()));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use callme::audio::tone_share;
 use callme::core::{self, CoreConfig, CoreHandle};
 use callme::media::{RtcMedia, RtcOptions};
-use callme::{AudioSource, ClusterId, Connected, MediaReady, SchemeId, Session};
+use callme::{AudioSource, ClusterId, Connected, SchemeId, Session};
 
 async fn start_core() -> CoreHandle {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
@@ -22,21 +22,7 @@ async fn start_core() -> CoreHandle {
 async fn join(core: &CoreHandle, scheme: u64, name: &str, source: AudioSource) -> Connected {
     let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(scheme), name).await.unwrap();
     let media = RtcMedia::new(RtcOptions::loopback_only());
-    MediaReady::acquire_with(media, source, &party.transcript())
-        .await
-        .unwrap()
-        .call_me_s1(party)
-        .await
-        .unwrap()
-        .create_offer()
-        .await
-        .unwrap()
-        .call_me_s2()
-        .await
-        .unwrap()
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{name} joins: {e}"))
+    party.join_with(media, source).await.unwrap_or_else(|e| panic!("{name} joins: {e}"))
 }
 
 /// The share of each tone in what `call` hears over `secs`, after a settling second.
@@ -104,21 +90,7 @@ async fn a_reconnect_keeps_the_party_and_replaces_its_media() {
     let party = a.hang_up().await;
     assert_eq!(party.id(), id);
     let media = RtcMedia::new(RtcOptions::loopback_only());
-    let mut a = MediaReady::acquire_with(media, AudioSource::tone(880.0), &party.transcript())
-        .await
-        .unwrap()
-        .call_me_s1(party)
-        .await
-        .unwrap()
-        .create_offer()
-        .await
-        .unwrap()
-        .call_me_s2()
-        .await
-        .unwrap()
-        .connect()
-        .await
-        .expect("the same party joins again");
+    let mut a = party.join_with(media, AudioSource::tone(880.0)).await.expect("the same party joins again");
     assert_eq!(a.party_id(), id, "the party is kept");
     b.listen(Duration::from_millis(800)).await.unwrap();
     let s = shares(&mut b, &[440.0, 880.0], 1500).await;

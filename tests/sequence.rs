@@ -354,7 +354,14 @@ fn the_checker_rejects_a_transcript_that_skips_a_step() {
     let t = Transcript::new();
     t.record(1, Side::Media, What::Call { name: "getUserMedia".into(), detail: String::new() });
     t.record(2, Side::Media, What::Returned { name: "getUserMedia".into(), detail: String::new() });
-    t.record(4, Side::Ws, What::Received { frame: r#"{"ANSW":{"cmd":"CALLME_S1","seq":1,"result":{"code":0}}}"#.into(), routing: callme::transcript::Routing::Answer });
+    t.record(
+        4,
+        Side::Ws,
+        What::Received {
+            frame: r#"{"ANSW":{"cmd":"CALLME_S1","seq":1,"result":{"code":0}}}"#.into(),
+            routing: callme::transcript::Routing::Answer,
+        },
+    );
     let err = spec::check(&t.entries()).unwrap_err();
     assert_eq!(err.index, 2);
     assert!(err.reason.contains("expected step 3"), "{err}");

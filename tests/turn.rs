@@ -9,7 +9,7 @@ use std::time::Duration;
 use callme::audio::tone_share;
 use callme::core::{self, CoreConfig, CoreHandle, TurnConfig};
 use callme::media::{RtcMedia, RtcOptions};
-use callme::{AudioSource, ClusterId, Connected, MediaReady, SchemeId, Session};
+use callme::{AudioSource, ClusterId, Connected, SchemeId, Session};
 
 struct Turn {
     child: Child,
@@ -30,7 +30,7 @@ fn free_udp_port() -> u16 {
 fn start_coturn(secret: &str) -> Turn {
     let port = free_udp_port();
     let relay_min = free_udp_port().max(20000);
-    let child = Command::new("turnserver")
+    let mut child = Command::new("turnserver")
         .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", &port.to_string()])
         .args(["--min-port", &relay_min.to_string(), "--max-port", &(relay_min + 200).to_string()])
         .args(["--use-auth-secret", "--static-auth-secret", secret, "--realm", "callme.test"])
@@ -51,6 +51,8 @@ fn start_coturn(secret: &str) -> Turn {
             return Turn { child, port };
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("coturn did not start on port {port}");
 }
 
@@ -67,16 +69,7 @@ async fn start_core(turn_port: u16, secret: &str) -> CoreHandle {
 async fn join(core: &CoreHandle, name: &str, hz: f32, relay_only: bool) -> Result<Connected, callme::Error> {
     let party = Session::connect(&core.ws_url).await?.load(ClusterId(1), SchemeId(7), name).await?;
     let options = RtcOptions { relay_only, loopback_only: !relay_only, ..Default::default() };
-    MediaReady::acquire_with(RtcMedia::new(options), AudioSource::tone(hz), &party.transcript())
-        .await?
-        .call_me_s1(party)
-        .await?
-        .create_offer()
-        .await?
-        .call_me_s2()
-        .await?
-        .connect()
-        .await
+    party.join_with(RtcMedia::new(options), AudioSource::tone(hz)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,18 @@ async fn offered() -> (RtcMedia, String) {
     (media, sdp)
 }
 
+/// What a core would send in servufrag (valid values; no core listens).
+fn servufrag(addr: Option<&str>) -> ServUfrag {
+    ServUfrag {
+        ufrag: "CoreUfrag".into(),
+        pwd: "CorePasswordOf24Chars+/x".into(),
+        fingerprint: format!("sha-256 {}", ["5A"; 32].join(":")),
+        port: 40000,
+        addr: addr.map(str::to_owned),
+        candidates: vec![],
+    }
+}
+
 #[tokio::test]
 async fn a_real_offer_gives_every_callme_s2_field() {
     let (mut media, sdp) = offered().await;
@@ -34,14 +46,7 @@ async fn a_built_answer_is_accepted_by_a_real_peer_connection() {
     let (mut media, sdp) = offered().await;
     media.set_local_description(&sdp).await.expect("setLocalDescription");
     let offer = parse_offer(&sdp).unwrap();
-    let core = ServUfrag {
-        ufrag: "CoreUfrag".into(),
-        pwd: "CorePasswordOf24Chars+/x".into(),
-        fingerprint: format!("sha-256 {}", ["5A"; 32].join(":")),
-        port: 40000,
-        addr: Some("127.0.0.1".into()),
-        candidates: vec![],
-    };
+    let core = servufrag(Some("127.0.0.1"));
     let answer = build_answer(&offer, &core, "127.0.0.1".parse().unwrap());
     media.set_remote_description(&answer).await.unwrap_or_else(|e| panic!("rejected: {e}\n{answer}"));
     media.close().await;
@@ -53,14 +58,7 @@ async fn an_answer_without_a_fingerprint_is_rejected_by_a_real_peer_connection()
     let (mut media, sdp) = offered().await;
     media.set_local_description(&sdp).await.expect("setLocalDescription");
     let offer = parse_offer(&sdp).unwrap();
-    let core = ServUfrag {
-        ufrag: "CoreUfrag".into(),
-        pwd: "CorePasswordOf24Chars+/x".into(),
-        fingerprint: format!("sha-256 {}", ["5A"; 32].join(":")),
-        port: 40000,
-        addr: None,
-        candidates: vec![],
-    };
+    let core = servufrag(None);
     let answer: String = build_answer(&offer, &core, "127.0.0.1".parse().unwrap())
         .split_inclusive("\r\n")
         .filter(|l| !l.starts_with("a=fingerprint"))

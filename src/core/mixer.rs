@@ -314,12 +314,23 @@ impl MixerCore {
 
 /// What the mixer task is told.
 pub enum Input {
-    Add { party: PartyId, track: Arc<TrackLocalStaticSample> },
-    Remove { party: PartyId },
+    Add {
+        party: PartyId,
+        track: Arc<TrackLocalStaticSample>,
+    },
+    Remove {
+        party: PartyId,
+    },
     /// The party's DTLS is up: send it the current mix now rather than at the next tick, so its
     /// first audio does not wait for the tick.
-    Connected { party: PartyId },
-    Packet { party: PartyId, seq: u16, payload: Bytes },
+    Connected {
+        party: PartyId,
+    },
+    Packet {
+        party: PartyId,
+        seq: u16,
+        payload: Bytes,
+    },
 }
 
 /// The mixer task of one conference: runs until every sender is dropped.

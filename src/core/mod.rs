@@ -38,7 +38,7 @@ use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::peer_connection::certificate::RTCCertificate;
 
 pub use config::{CoreConfig, TurnConfig};
-use party_media::{MediaEnv, PartyMedia, S2Params};
+use party_media::{MediaEnv, PartyMedia};
 
 use crate::wire::{self, code, ConfId, PartyId};
 
@@ -212,8 +212,13 @@ struct PartyRec {
 enum MediaState {
     None,
     /// CALLME_S1 accepted; waiting for CALLME_S2.
-    Offered { generation: u64 },
-    Running { generation: u64, media: PartyMedia },
+    Offered {
+        generation: u64,
+    },
+    Running {
+        generation: u64,
+        media: PartyMedia,
+    },
 }
 
 impl MediaState {
@@ -372,6 +377,8 @@ struct Cmd {
 }
 
 async fn serve_websocket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    // The error type is tungstenite's handshake response; it is never built here.
+    #[allow(clippy::result_large_err)]
     let accept_subprotocol = |req: &Request, mut resp: Response| {
         let offered = req.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
         if offered.split(',').any(|p| p.trim() == wire::SUBPROTOCOL) {
@@ -615,8 +622,14 @@ fn own_party<'a>(reg: &'a mut Registry, session: u64, c: &Cmd) -> Result<(&'a mu
     }
     let conf_id = ConfId(num_param(c, "ID")?);
     let party = PartyId(num_param(c, "PartyID")?);
-    let conf = reg.confs.get_mut(&conf_id).ok_or_else(|| refuse(code::NO_CONFERENCE, "conf", format!("param ID: no running conference {conf_id}")))?;
-    let p = conf.parties.get(&party).ok_or_else(|| refuse(code::NO_PARTY, "conf", format!("param PartyID: no party {party} in conference {conf_id}")))?;
+    let conf = reg
+        .confs
+        .get_mut(&conf_id)
+        .ok_or_else(|| refuse(code::NO_CONFERENCE, "conf", format!("param ID: no running conference {conf_id}")))?;
+    let p = conf
+        .parties
+        .get(&party)
+        .ok_or_else(|| refuse(code::NO_PARTY, "conf", format!("param PartyID: no party {party} in conference {conf_id}")))?;
     if p.session != session {
         return Err(refuse(code::NOT_OWN_PARTY, "auth", format!("param PartyID: party {party} is not this session's own")));
     }
@@ -663,7 +676,7 @@ async fn cmd_s2(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
         };
         (conf.id, conf.cluster, party, generation, conf.mixer.clone())
     };
-    let params = S2Params::from_params(&c.params).map_err(|e| refuse(e.code, "proto", e.text))?;
+    let params = party_media::offer_from_params(&c.params).map_err(|e| refuse(e.code, "proto", e.text))?;
     let ended_shared = shared.clone();
     let ended = move |reason: String| {
         tokio::spawn(ended_shared.media_ended(conf_id, party, generation, reason));

@@ -1,8 +1,8 @@
 //! One party's media session on the core: a webrtc-rs PeerConnection in ICE-lite mode, DTLS
 //! server, on the core's one shared UDP port.
 //!
-//! The client's offer never arrives; the core writes it from CALLME_S2's params
-//! ([`client_offer`]), applies it, answers, and reads its own ufrag, pwd and fingerprint back
+//! The client's offer never arrives; the core reads its facts back from CALLME_S2's params
+//! ([`offer_from_params`]), writes the offer from them ([`client_offer`]), applies it, answers, and reads its own ufrag, pwd and fingerprint back
 //! out of the answer for `servufrag`. webrtc-rs checks the client's DTLS certificate against the
 //! fingerprint in that offer, so a peer with another certificate never gets media.
 
@@ -31,7 +31,7 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::TrackLocal;
 
 use super::mixer;
-use crate::media::sdp::{self, EXT_AUDIO_LEVEL, EXT_SDES_MID};
+use crate::media::sdp::{self, OfferFacts, EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use crate::wire::{self, code, PartyId};
 
 /// What the core shares between all parties' media.
@@ -53,21 +53,6 @@ impl MediaEnv {
     }
 }
 
-/// CALLME_S2's params, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S2Params {
-    pub ufrag: String,
-    pub pwd: String,
-    pub fingerprint: String,
-    pub mid: String,
-    pub opus_pt: u8,
-    pub opus_fmtp: String,
-    pub ext_audio_level: Option<u8>,
-    pub ext_mid: Option<u8>,
-    pub ssrc: Option<u32>,
-    pub cname: Option<String>,
-}
-
 /// A param that is missing or malformed: the code and a sentence naming it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamError {
@@ -75,69 +60,69 @@ pub struct ParamError {
     pub text: String,
 }
 
-impl S2Params {
-    /// Reads and checks the params; when an optional one is absent, Chromium's usual value.
-    pub fn from_params(p: &BTreeMap<String, String>) -> Result<Self, ParamError> {
-        let bad = |code: i64, text: String| ParamError { code, text };
-        let need = |k: &str| p.get(k).cloned().ok_or_else(|| bad(code::BAD_PARAM, format!("param {k} is missing")));
-        let num = |k: &str, max: u64| -> Result<Option<u64>, ParamError> {
-            match p.get(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n <= max)
-                    .map(Some)
-                    .ok_or_else(|| bad(code::BAD_PARAM, format!("param {k} is {v:?}, not a number from 0 to {max}"))),
-            }
-        };
-        let ufrag = need(wire::s2::UFRAG)?;
-        wire::check_ice_chars(&ufrag, 4).map_err(|r| bad(code::BAD_ICE_CREDENTIALS, format!("param ufrag: {r}")))?;
-        let pwd = need(wire::s2::PWD)?;
-        wire::check_ice_chars(&pwd, 22).map_err(|r| bad(code::BAD_ICE_CREDENTIALS, format!("param pwd: {r}")))?;
-        let fingerprint = need(wire::s2::FINGERPRINT)?;
-        let fingerprint = match fingerprint.split_once(' ') {
-            Some((a, h)) => format!("{} {}", a.to_ascii_lowercase(), h.to_ascii_uppercase()),
-            None => fingerprint,
-        };
-        wire::check_fingerprint(&fingerprint).map_err(|r| bad(code::BAD_FINGERPRINT, format!("param fingerprint: {r}")))?;
-        let mid = p.get(wire::s2::MID).cloned().unwrap_or_else(|| "0".into());
-        if mid.is_empty() || mid.len() > 16 || !mid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(bad(code::BAD_PARAM, format!("param mid {mid:?}: 1 to 16 letters, digits, - or _")));
+/// The client's offer, as CALLME_S2's params describe it (the inverse of
+/// [`OfferFacts::s2_params`]); when an optional param is absent, Chromium's usual value.
+pub fn offer_from_params(p: &BTreeMap<String, String>) -> Result<OfferFacts, ParamError> {
+    let bad = |code: i64, text: String| ParamError { code, text };
+    let need = |k: &str| p.get(k).cloned().ok_or_else(|| bad(code::BAD_PARAM, format!("param {k} is missing")));
+    let num = |k: &str, max: u64| -> Result<Option<u64>, ParamError> {
+        match p.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= max)
+                .map(Some)
+                .ok_or_else(|| bad(code::BAD_PARAM, format!("param {k} is {v:?}, not a number from 0 to {max}"))),
         }
-        let opus_pt = num(wire::s2::OPUS_PT, 127)?.unwrap_or(111) as u8;
-        if opus_pt < 96 {
-            return Err(bad(code::BAD_PARAM, format!("param opus_pt {opus_pt}: a dynamic payload type is 96-127")));
-        }
-        let opus_fmtp = p.get(wire::s2::OPUS_FMTP).cloned().unwrap_or_else(|| "minptime=10;useinbandfec=1".into());
-        if opus_fmtp.contains(['\r', '\n']) {
-            return Err(bad(code::BAD_PARAM, "param opus_fmtp contains a line break".into()));
-        }
-        let ext = |k: &str, default: u8| -> Result<Option<u8>, ParamError> {
-            Ok(Some(num(k, 14)?.map_or(default, |v| v as u8)).filter(|id| *id >= 1))
-        };
-        let cname = p.get(wire::s2::CNAME).cloned();
-        if cname.as_deref().is_some_and(|c| c.contains(['\r', '\n', ' '])) {
-            return Err(bad(code::BAD_PARAM, "param cname contains a space or line break".into()));
-        }
-        Ok(S2Params {
-            ufrag,
-            pwd,
-            fingerprint,
-            mid,
-            opus_pt,
-            opus_fmtp,
-            ext_audio_level: ext(wire::s2::EXT_AUDIO_LEVEL, 1)?,
-            ext_mid: ext(wire::s2::EXT_MID, 4)?,
-            ssrc: num(wire::s2::SSRC, u64::from(u32::MAX))?.map(|v| v as u32),
-            cname,
-        })
+    };
+    let ufrag = need(wire::s2::UFRAG)?;
+    wire::check_ice_chars(&ufrag, 4).map_err(|r| bad(code::BAD_ICE_CREDENTIALS, format!("param ufrag: {r}")))?;
+    let pwd = need(wire::s2::PWD)?;
+    wire::check_ice_chars(&pwd, 22).map_err(|r| bad(code::BAD_ICE_CREDENTIALS, format!("param pwd: {r}")))?;
+    let fingerprint = need(wire::s2::FINGERPRINT)?;
+    let fingerprint = match fingerprint.split_once(' ') {
+        Some((a, h)) => format!("{} {}", a.to_ascii_lowercase(), h.to_ascii_uppercase()),
+        None => fingerprint,
+    };
+    wire::check_fingerprint(&fingerprint).map_err(|r| bad(code::BAD_FINGERPRINT, format!("param fingerprint: {r}")))?;
+    let mid = p.get(wire::s2::MID).cloned().unwrap_or_else(|| "0".into());
+    if mid.is_empty() || mid.len() > 16 || !mid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(bad(code::BAD_PARAM, format!("param mid {mid:?}: 1 to 16 letters, digits, - or _")));
     }
+    let opus_pt = num(wire::s2::OPUS_PT, 127)?.unwrap_or(111) as u8;
+    if opus_pt < 96 {
+        return Err(bad(code::BAD_PARAM, format!("param opus_pt {opus_pt}: a dynamic payload type is 96-127")));
+    }
+    let opus_fmtp = p.get(wire::s2::OPUS_FMTP).cloned().unwrap_or_else(|| "minptime=10;useinbandfec=1".into());
+    if opus_fmtp.contains(['\r', '\n']) {
+        return Err(bad(code::BAD_PARAM, "param opus_fmtp contains a line break".into()));
+    }
+    let ext = |k: &str, default: u8| -> Result<Option<u8>, ParamError> {
+        Ok(Some(num(k, 14)?.map_or(default, |v| v as u8)).filter(|id| *id >= 1))
+    };
+    let cname = p.get(wire::s2::CNAME).cloned();
+    if cname.as_deref().is_some_and(|c| c.contains(['\r', '\n', ' '])) {
+        return Err(bad(code::BAD_PARAM, "param cname contains a space or line break".into()));
+    }
+    Ok(OfferFacts {
+        bundle: true,
+        ufrag,
+        pwd,
+        fingerprint,
+        mid,
+        opus_pt,
+        opus_fmtp,
+        ext_audio_level: ext(wire::s2::EXT_AUDIO_LEVEL, 1)?,
+        ext_mid: ext(wire::s2::EXT_MID, 4)?,
+        ssrc: num(wire::s2::SSRC, u64::from(u32::MAX))?.map(|v| v as u32),
+        cname,
+    })
 }
 
 /// The client's offer as the core reconstructs it from CALLME_S2.
-pub fn client_offer(p: &S2Params) -> String {
+pub fn client_offer(p: &OfferFacts) -> String {
     let mut s = String::new();
     let mut line = |l: String| {
         s.push_str(&l);
@@ -191,7 +176,7 @@ impl PartyMedia {
     pub async fn start(
         env: &MediaEnv,
         party: PartyId,
-        params: &S2Params,
+        params: &OfferFacts,
         mixer_tx: mpsc::Sender<mixer::Input>,
         ended: impl FnOnce(String) + Send + 'static,
     ) -> Result<(PartyMedia, CoreIce), String> {
@@ -204,7 +189,10 @@ impl PartyMedia {
         };
         let mut media = RtcMediaEngine::default();
         media
-            .register_codec(RTCRtpCodecParameters { capability: opus.clone(), payload_type: params.opus_pt, ..Default::default() }, RTPCodecType::Audio)
+            .register_codec(
+                RTCRtpCodecParameters { capability: opus.clone(), payload_type: params.opus_pt, ..Default::default() },
+                RTPCodecType::Audio,
+            )
             .map_err(|e| e.to_string())?;
         for uri in [EXT_AUDIO_LEVEL, EXT_SDES_MID] {
             media
@@ -238,7 +226,7 @@ impl PartyMedia {
     async fn negotiate(
         env: &MediaEnv,
         party: PartyId,
-        params: &S2Params,
+        params: &OfferFacts,
         pc: &Arc<RTCPeerConnection>,
         opus: RTCRtpCodecCapability,
         mixer_tx: mpsc::Sender<mixer::Input>,
@@ -293,10 +281,7 @@ impl PartyMedia {
         let facts = sdp::parse_offer(&local.sdp).map_err(|e| format!("the core's own answer: {e}"))?;
         let ice = CoreIce { ufrag: facts.ufrag, pwd: facts.pwd, fingerprint: env.fingerprint.clone() };
 
-        mixer_tx
-            .send(mixer::Input::Add { party, track })
-            .await
-            .map_err(|_| "the conference's mixer has stopped".to_owned())?;
+        mixer_tx.send(mixer::Input::Add { party, track }).await.map_err(|_| "the conference's mixer has stopped".to_owned())?;
 
         // The supervisor: the media ends when ICE/DTLS fail or nothing arrives for too long.
         let timeout = env.media_timeout;
@@ -357,8 +342,15 @@ mod tests {
     }
 
     #[test]
+    fn the_params_the_client_sends_give_back_its_offer_facts() {
+        let offer = sdp::parse_offer(crate::media::fake::FAKE_OFFER).unwrap();
+        let params = offer.s2_params().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        assert_eq!(offer_from_params(&params).unwrap(), offer);
+    }
+
+    #[test]
     fn absent_optional_params_take_chromiums_usual_values() {
-        let p = S2Params::from_params(&params()).unwrap();
+        let p = offer_from_params(&params()).unwrap();
         assert_eq!((p.mid.as_str(), p.opus_pt, p.ext_audio_level, p.ext_mid), ("0", 111, Some(1), Some(4)));
         assert!(p.fingerprint.starts_with("sha-256 AB:CD"));
     }
@@ -367,22 +359,22 @@ mod tests {
     fn each_bad_param_gets_its_own_code_and_names_itself() {
         let mut p = params();
         p.insert("pwd".into(), "short".into());
-        let e = S2Params::from_params(&p).unwrap_err();
+        let e = offer_from_params(&p).unwrap_err();
         assert_eq!(e.code, code::BAD_ICE_CREDENTIALS);
         assert!(e.text.contains("pwd"), "{}", e.text);
 
         let mut p = params();
         p.insert("fingerprint".into(), "md5 00".into());
-        assert_eq!(S2Params::from_params(&p).unwrap_err().code, code::BAD_FINGERPRINT);
+        assert_eq!(offer_from_params(&p).unwrap_err().code, code::BAD_FINGERPRINT);
 
         let mut p = params();
         p.insert("opus_pt".into(), "x".into());
-        let e = S2Params::from_params(&p).unwrap_err();
+        let e = offer_from_params(&p).unwrap_err();
         assert_eq!(e.code, code::BAD_PARAM);
         assert!(e.text.contains("opus_pt"), "{}", e.text);
 
         let mut p = params();
         p.remove("ufrag");
-        assert!(S2Params::from_params(&p).unwrap_err().text.contains("ufrag is missing"));
+        assert!(offer_from_params(&p).unwrap_err().text.contains("ufrag is missing"));
     }
 }

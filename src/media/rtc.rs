@@ -133,11 +133,7 @@ impl MediaEngine for RtcMedia {
             settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
             settings.set_network_types(vec![NetworkType::Udp4]);
         }
-        let api = APIBuilder::new()
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(settings)
-            .build();
+        let api = APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(settings).build();
         let config = RTCConfiguration {
             ice_servers: ice_servers
                 .iter()

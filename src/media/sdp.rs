@@ -80,10 +80,7 @@ pub fn parse_offer(sdp: &str) -> Result<OfferFacts, WireError> {
     let (pts, media) = audio.ok_or_else(|| WireError::new("m=audio", "the offer has no audio section"))?;
     let attr = |name: &str| -> Option<String> {
         let prefix = format!("a={name}:");
-        media
-            .iter()
-            .chain(session.iter())
-            .find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().to_owned()))
+        media.iter().chain(session.iter()).find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().to_owned()))
     };
     let need = |name: &str| attr(name).ok_or_else(|| WireError::new(format!("a={name}"), "missing from the offer"));
 
@@ -121,10 +118,7 @@ pub fn parse_offer(sdp: &str) -> Result<OfferFacts, WireError> {
     };
     let ssrc_line = media.iter().find_map(|l| l.strip_prefix("a=ssrc:"));
     let ssrc = ssrc_line.and_then(|v| v.split_whitespace().next()?.parse().ok());
-    let cname = media
-        .iter()
-        .filter_map(|l| l.strip_prefix("a=ssrc:"))
-        .find_map(|v| v.split_once(" cname:").map(|(_, c)| c.to_owned()));
+    let cname = media.iter().filter_map(|l| l.strip_prefix("a=ssrc:")).find_map(|v| v.split_once(" cname:").map(|(_, c)| c.to_owned()));
     let bundle = session.iter().any(|l| l.starts_with("a=group:BUNDLE"));
     Ok(OfferFacts {
         ufrag,
@@ -223,7 +217,14 @@ mod tests {
             candidates: vec![],
         };
         let a = build_answer(&f, &core, "127.0.0.1".parse().unwrap());
-        for want in ["a=ice-lite", "a=setup:passive", "a=mid:0", "m=audio 40000 UDP/TLS/RTP/SAVPF 111", "a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host", "a=rtcp-mux"] {
+        for want in [
+            "a=ice-lite",
+            "a=setup:passive",
+            "a=mid:0",
+            "m=audio 40000 UDP/TLS/RTP/SAVPF 111",
+            "a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host",
+            "a=rtcp-mux",
+        ] {
             assert!(a.contains(want), "{want} missing from\n{a}");
         }
     }

@@ -44,11 +44,8 @@ fn proc_usage(pid: u32) -> (f64, f64) {
     let f: Vec<&str> = after.split_whitespace().collect();
     let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let rss_kb =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).unwrap_or(0.0);
     (cpu / ticks, rss_kb / 1024.0)
 }
 
@@ -163,9 +160,13 @@ pub async fn run(a: BenchArgs) -> ExitCode {
     sample.extend(listeners.iter().step_by(step).take(5));
     let mut sample_ok = 0;
     let mut sample_report = Vec::new();
-    let hears = futures::future::join_all(joined.iter_mut().enumerate().filter(|(k, _)| sample.contains(k)).map(|(k, j)| async move {
-        (k, j.tone, j.call.listen(Duration::from_secs(1)).await)
-    }))
+    let hears = futures::future::join_all(
+        joined
+            .iter_mut()
+            .enumerate()
+            .filter(|(k, _)| sample.contains(k))
+            .map(|(k, j)| async move { (k, j.tone, j.call.listen(Duration::from_secs(1)).await) }),
+    )
     .await;
     for (k, own, heard) in hears {
         let ok = match &heard {
@@ -198,7 +199,13 @@ pub async fn run(a: BenchArgs) -> ExitCode {
         println!("    {name:<48} {:>8.1} {:>8.1} {:>8.1}", percentile(v, 50.0), percentile(v, 95.0), percentile(v, 99.0));
         steps_json.insert(name.to_string(), json!({"p50": percentile(v, 50.0), "p95": percentile(v, 95.0), "p99": percentile(v, 99.0)}));
     }
-    println!("    {:<48} {:>8.1} {:>8.1} {:>8.1}", "total", percentile(&totals, 50.0), percentile(&totals, 95.0), percentile(&totals, 99.0));
+    println!(
+        "    {:<48} {:>8.1} {:>8.1} {:>8.1}",
+        "total",
+        percentile(&totals, 50.0),
+        percentile(&totals, 95.0),
+        percentile(&totals, 99.0)
+    );
     let m = joined.len().max(1) as f64;
     let core_cores = (core_cpu2 - core_cpu1) / held;
     let sdk_cores = (sdk_cpu2 - sdk_cpu1) / held;
@@ -210,7 +217,12 @@ pub async fn run(a: BenchArgs) -> ExitCode {
     println!("    CPU while joining: core {:.2} s, SDK {:.2} s", core_cpu1 - core_cpu0, sdk_cpu1 - sdk_cpu0);
     println!("\n  sample hears the speakers: {sample_ok} of {} right", sample_report.len());
     for r in &sample_report {
-        println!("    party {:>3} {}: {}", r["party"], if r["speaks"].is_null() { "listens".to_owned() } else { format!("speaks {} Hz", r["speaks"]) }, r["heard"].as_str().unwrap_or(""));
+        println!(
+            "    party {:>3} {}: {}",
+            r["party"],
+            if r["speaks"].is_null() { "listens".to_owned() } else { format!("speaks {} Hz", r["speaks"]) },
+            r["heard"].as_str().unwrap_or("")
+        );
     }
 
     let figures = json!({

@@ -20,7 +20,12 @@ impl Row {
 }
 
 /// Steps 1–19 for a loaded party, reporting each typestate as it is reached.
-pub async fn join(party: Party, media: impl MediaEngine + 'static, source: AudioSource, mut on_row: impl FnMut(Row)) -> Result<Connected, Error> {
+pub async fn join(
+    party: Party,
+    media: impl MediaEngine + 'static,
+    source: AudioSource,
+    mut on_row: impl FnMut(Row),
+) -> Result<Connected, Error> {
     let transcript = party.transcript();
     let t = Instant::now();
     let describe = source.describe();
@@ -29,13 +34,22 @@ pub async fn join(party: Party, media: impl MediaEngine + 'static, source: Audio
 
     let t = Instant::now();
     let s1 = ready.call_me_s1(party).await?;
-    let ice = if s1.servdesc().serveraddr.is_empty() { "servdesc: no ICE server".to_owned() } else { format!("servdesc: {}", s1.servdesc().serveraddr) };
+    let ice = if s1.servdesc().serveraddr.is_empty() {
+        "servdesc: no ICE server".to_owned()
+    } else {
+        format!("servdesc: {}", s1.servdesc().serveraddr)
+    };
     on_row(Row { steps: "3-5", what: "S1Accepted", detail: ice, took: t.elapsed() });
 
     let t = Instant::now();
     let offered = s1.create_offer().await?;
     let o = offered.offer();
-    on_row(Row { steps: "6-11", what: "Offered", detail: format!("ufrag {}, mid {}, opus pt {}", o.ufrag, o.mid, o.opus_pt), took: t.elapsed() });
+    on_row(Row {
+        steps: "6-11",
+        what: "Offered",
+        detail: format!("ufrag {}, mid {}, opus pt {}", o.ufrag, o.mid, o.opus_pt),
+        took: t.elapsed(),
+    });
 
     let t = Instant::now();
     let s2 = offered.call_me_s2().await?;
