@@ -250,18 +250,31 @@ pub mod opus_codec {
     }
 
     /// An Opus decoder for one incoming stream (decodes stereo streams to mono too).
-    pub struct Decoder(opus::Decoder);
+    pub struct Decoder {
+        inner: opus::Decoder,
+        /// Room for the longest Opus frame (120 ms), reused for every packet.
+        scratch: Vec<i16>,
+    }
 
     impl Decoder {
         pub fn new() -> Result<Self, String> {
-            opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map(Decoder).map_err(|e| e.to_string())
+            let inner = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(|e| e.to_string())?;
+            Ok(Decoder { inner, scratch: vec![0; FRAME_SAMPLES * 6] })
         }
 
-        /// Decodes one packet; `None` conceals a lost one (PLC).
+        /// Decodes one packet into `out` (replacing its contents, keeping its allocation);
+        /// `None` conceals a lost packet (PLC).
+        pub fn decode_into(&mut self, packet: Option<&[u8]>, out: &mut Vec<i16>) -> Result<(), String> {
+            let n = self.inner.decode(packet.unwrap_or(&[]), &mut self.scratch, false).map_err(|e| e.to_string())?;
+            out.clear();
+            out.extend_from_slice(&self.scratch[..n]);
+            Ok(())
+        }
+
+        /// Decodes one packet into a new frame; `None` conceals a lost packet (PLC).
         pub fn decode(&mut self, packet: Option<&[u8]>) -> Result<Frame, String> {
-            let mut out = vec![0i16; FRAME_SAMPLES * 6];
-            let n = self.0.decode(packet.unwrap_or(&[]), &mut out, false).map_err(|e| e.to_string())?;
-            out.truncate(n);
+            let mut out = Vec::with_capacity(FRAME_SAMPLES);
+            self.decode_into(packet, &mut out)?;
             Ok(out)
         }
     }

@@ -183,6 +183,8 @@ pub struct MixerCore {
     /// The shared mix of the last tick, for a party whose media just came up.
     last_shared: Option<Bytes>,
     mix: Vec<i32>,
+    /// A speaker's N-1 mix, reused every tick.
+    own: Vec<i32>,
     pcm: Vec<i16>,
 }
 
@@ -230,25 +232,23 @@ impl MixerCore {
         self.mix.clear();
         self.mix.resize(FRAME_SAMPLES, 0);
         for slot in self.slots.values_mut() {
-            let frame = match slot.jitter.pop() {
+            let decoded = match slot.jitter.pop() {
                 Pop::Packet(p) => {
                     slot.concealed = 0;
-                    slot.decoder.decode(Some(&p))
+                    slot.decoder.decode_into(Some(&p), &mut slot.frame)
                 }
                 Pop::Lost if slot.concealed < MAX_CONCEALED => {
                     slot.concealed += 1;
-                    slot.decoder.decode(None)
+                    slot.decoder.decode_into(None, &mut slot.frame)
                 }
                 Pop::Empty if slot.speaking() && slot.concealed < MAX_CONCEALED => {
                     slot.concealed += 1;
-                    slot.decoder.decode(None)
+                    slot.decoder.decode_into(None, &mut slot.frame)
                 }
-                _ => Ok(Vec::new()),
+                _ => Err(String::new()),
             };
-            slot.frame.clear();
-            match frame {
-                Ok(f) if !f.is_empty() => slot.frame.extend_from_slice(&f),
-                _ => slot.frame.resize(FRAME_SAMPLES, 0),
+            if decoded.is_err() {
+                slot.frame.clear(); // silent this tick
             }
             slot.frame.resize(FRAME_SAMPLES, 0);
             slot.hang = if mean_power(&slot.frame) > SPEAKING_POWER { HANGOVER_FRAMES } else { slot.hang.saturating_sub(1) };
@@ -263,13 +263,13 @@ impl MixerCore {
 
         let mut outputs = Vec::with_capacity(self.slots.len());
         let mut shared: Option<Bytes> = None;
-        let mut own = vec![0i32; FRAME_SAMPLES];
+        self.own.resize(FRAME_SAMPLES, 0);
         for (party, slot) in self.slots.iter_mut() {
             let packet = if slot.speaking() {
-                for ((o, &m), &s) in own.iter_mut().zip(&self.mix).zip(&slot.frame) {
+                for ((o, &m), &s) in self.own.iter_mut().zip(&self.mix).zip(&slot.frame) {
                     *o = m - i32::from(s);
                 }
-                slot.limiter.process(&own, &mut self.pcm);
+                slot.limiter.process(&self.own, &mut self.pcm);
                 let enc = match &mut slot.encoder {
                     Some(e) => e,
                     None => match Encoder::new() {
