@@ -37,6 +37,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! An application that wants the call and not the steps writes
+//! `party.join(AudioSource::tone(440.0)).await?` ([`Party::join`]): the same five transitions,
+//! the same errors and transcript.
+//!
 //! ## Step by step
 //!
 //! **Before the sequence.** [`Session::connect`] opens the WebSocket with the sub-protocol

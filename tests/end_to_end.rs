@@ -262,3 +262,54 @@ async fn callme_s1_again_replaces_the_running_media_session() {
     b.leave().await;
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_that_fails_in_the_media_leaves_no_party_connecting_in_the_core() {
+    let core = start_core().await;
+    // Relay-only with no TURN server: no candidate, so ICE never starts and step 18 times out.
+    let timeouts = callme::Timeouts { media: Duration::from_secs(2), ..Default::default() };
+    let party = Session::connect_with(&core.ws_url, timeouts).await.unwrap().load(ClusterId(1), SchemeId(7), "stuck").await.unwrap();
+    let transcript = party.transcript();
+    let media = RtcMedia::new(RtcOptions { relay_only: true, ..RtcOptions::loopback_only() });
+    let err = party.join_with(media, AudioSource::tone(440.0)).await.err().expect("the join fails");
+    assert_eq!(err.step(), Some(18), "{err}");
+    assert!(err.to_string().contains("timed out after 2s waiting for ontrack"), "{err}");
+    // The SDK told the core, and the core let the media session go.
+    let entries = transcript.entries();
+    let bye = entries.iter().any(|e| matches!(&e.what, callme::transcript::What::Sent { frame } if frame.contains("CALLME_BYE")));
+    assert!(bye, "CALLME_BYE was sent");
+    for _ in 0..50 {
+        if core.stats().parties_with_media == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(core.stats().parties_with_media, 0, "no media session is left in the core");
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_frees_the_party_and_the_others_are_told() {
+    let core = start_core().await;
+    let a = join(&core, 7, "a", AudioSource::tone(440.0)).await;
+    let mut b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
+    assert_eq!(core.stats().parties, 2);
+    let a_id = a.party_id();
+    a.leave().await;
+    // b is told by conf.changed (delParties), and the core holds one party.
+    let told = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let callme::CallEvent::Core(e) = b.next_event().await {
+                if e.name() == "conf.changed" && e.result["delParties"][0]["ID"] == a_id.0 {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(told.is_ok(), "b hears of a's leaving");
+    assert_eq!(core.stats().parties, 1);
+    assert_eq!(core.stats().parties_with_media, 1);
+    b.leave().await;
+    core.stop().await;
+}
