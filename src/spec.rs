@@ -1,4 +1,5 @@
-//! The seed's table as data: the specification every transcript is checked against.
+//! The seed's table (`docs/sequence.md`) as data: the specification every transcript is checked
+//! against.
 //!
 //! [`SEQUENCE`] holds the 19 rows of the join sequence (side, direction, what happens) and, for
 //! each row, the transcript entries that perform it. [`check`] walks a transcript and says
@@ -51,7 +52,7 @@ pub struct StepSpec {
 use Dir::*;
 use Expect as E;
 
-/// The 19 steps of `SEED-webrtc-sequence.md`.
+/// The 19 steps of the join sequence, as the origin design note gives them.
 pub const SEQUENCE: [StepSpec; 19] = [
     StepSpec {
         number: 1,
