@@ -103,7 +103,7 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, String> {
     let config = config.validate()?;
     tracing::info!(config = %config.redacted(), "starting the core");
     let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("listen {}: {e}", config.listen))?;
-    let udp = UdpSocket::bind(config.media).await.map_err(|e| format!("media {}: {e}", config.media))?;
+    let udp = bind_media(config.media).map_err(|e| format!("media {}: {e}", config.media))?;
     let media_addr = udp.local_addr().map_err(|e| e.to_string())?;
     let mux = UDPMuxDefault::new(UDPMuxParams::new(udp));
     let certificate = RTCCertificate::from_key_pair(rcgen::KeyPair::generate().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
@@ -120,6 +120,16 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, String> {
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
     Ok(CoreHandle { ws_url: format!("ws://{local}/ws"), http_url: format!("http://{local}/"), media_addr, shared, stop, task })
+}
+
+/// The shared media socket, with a receive buffer deep enough (4 MiB) that a burst of datagrams
+/// (a flood of garbage, or many parties' packets at one tick) is not dropped by the kernel.
+fn bind_media(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
