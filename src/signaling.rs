@@ -245,6 +245,27 @@ impl Session {
         }
     }
 
+    /// Reads and routes frames until the core ends the media session or the socket closes, and
+    /// returns that as the error. For a step that waits on the media (step 18): raced against
+    /// the media wait, it turns a `Disconnected` into a precise failure instead of a timeout.
+    pub(crate) async fn until_ended(&mut self, stage: Stage) -> Error {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            let (frame, incoming) = match self.read(stage, far, "the end of the session", Duration::MAX).await {
+                Ok(x) => x,
+                Err(e) => return e,
+            };
+            match incoming {
+                Incoming::Answer(_) => self.record_received(stage, frame, Routing::Stale),
+                Incoming::Event(e) => {
+                    if let Err(e) = self.route_event(stage, frame, e, None) {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits for the next event of any kind (in the call). `Disconnected` comes back as an error.
     pub async fn next_event(&mut self, stage: Stage) -> Result<Event> {
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);

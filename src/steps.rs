@@ -306,7 +306,12 @@ impl S2Accepted {
         );
         join.returned(17, "setRemoteDescription", "");
 
-        let track = attempt!(join, Some(&mut party), timed(18, "ontrack", join.media_timeout, join.media.remote_track()).await);
+        // While the media is awaited the session is read too: the core may end the session.
+        let track = tokio::select! {
+            t = timed(18, "ontrack", join.media_timeout, join.media.remote_track()) => t,
+            e = party.session.until_ended(Stage::Step(18)) => Err(e),
+        };
+        let track = attempt!(join, Some(&mut party), track);
         join.returned(18, "ontrack", track);
 
         join.call(19, "play", "decoded 20 ms frames to the application");

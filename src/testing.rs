@@ -72,6 +72,9 @@ pub enum Fault {
     Disconnect { on: On },
     /// An answer with another `seq` comes before the right one.
     StaleAnswer { on: On },
+    /// The answer and the event, then `timer.time` and `conf.changed`, then
+    /// `conf.webrtc.Disconnected` (the core gave up on the media after its answer).
+    DisconnectAfterEvent { on: On },
 }
 
 impl Fault {
@@ -91,7 +94,8 @@ impl Fault {
             | Fault::Interleaved { on }
             | Fault::OtherPartyFirst { on }
             | Fault::Disconnect { on }
-            | Fault::StaleAnswer { on } => on,
+            | Fault::StaleAnswer { on }
+            | Fault::DisconnectAfterEvent { on } => on,
         }
     }
 }
@@ -265,6 +269,12 @@ impl State {
             }
             Some(Fault::Disconnect { .. }) => {
                 out.push(Some(ans));
+                out.push(Some(disconnected_event(PARTY)));
+            }
+            Some(Fault::DisconnectAfterEvent { .. }) => {
+                out.push(Some(ans));
+                out.extend(evt.map(Some));
+                out.extend(unrelated.iter().cloned().map(Some));
                 out.push(Some(disconnected_event(PARTY)));
             }
             Some(Fault::StaleAnswer { .. }) => {

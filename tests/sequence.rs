@@ -280,6 +280,9 @@ cases! {
     a_remote_track_that_never_comes_times_out_at_step_18:
         "no remote track arrives",
         Case::new().media(|m| m.without_remote_track()) => fails(18, "timed out after 10s waiting for ontrack");
+    disconnected_while_waiting_for_the_track_fails_step_18_at_once:
+        "servufrag, unrelated events, then conf.webrtc.Disconnected while no track comes",
+        Case::new().fault(Fault::DisconnectAfterEvent { on: S2 }).media(|m| m.without_remote_track()) => fails(18, "conf.webrtc.Disconnected");
     a_failing_playback_gives_up_at_step_19:
         "attaching the remote audio fails",
         Case::new().media(|m| m.failing("play")) => fails(19, "play failed");
