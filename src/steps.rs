@@ -308,6 +308,7 @@ impl S2Accepted {
 
         // While the media is awaited the session is read too: the core may end the session.
         let track = tokio::select! {
+            biased; // the media first: the same frames are read in every run
             t = timed(18, "ontrack", join.media_timeout, join.media.remote_track()) => t,
             e = party.session.until_ended(Stage::Step(18)) => Err(e),
         };
