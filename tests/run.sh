@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash tests/setup.sh --tests
 cargo build --tests --bins
 
-run='ip link set lo up && cargo test --offline -- --include-ignored'
+run='ip link set lo up && cargo test --offline --no-fail-fast -- --include-ignored'
 if [ "$(id -u)" = 0 ]; then
   unshare --net bash -c "$run"
 else
