@@ -24,12 +24,14 @@ use crate::wire::PartyId;
 
 /// A frame with more mean power than this (about -50 dBFS) counts as speech.
 pub const SPEAKING_POWER: f64 = 1e-5;
-/// Frames a party stays a speaker after its last loud frame (200 ms).
-pub const HANGOVER_FRAMES: u32 = 10;
+/// Frames a party stays a speaker after its last loud frame (500 ms).
+pub const HANGOVER_FRAMES: u32 = 25;
 /// Lost frames concealed in a row before the party counts as silent (100 ms).
 pub const MAX_CONCEALED: u32 = 5;
 /// Packets held before the oldest are dropped to catch up (500 ms).
 pub const JITTER_MAX: usize = 25;
+/// Packets held before play-out starts, at the start and after running dry (40 ms).
+pub const JITTER_TARGET: usize = 2;
 /// The limiter's ceiling, as a share of full scale.
 pub const CEILING: f32 = 0.89;
 /// The share of the remaining gain distance recovered per frame (about 0.5 s to recover).
@@ -51,6 +53,9 @@ pub struct JitterBuffer {
     packets: BTreeMap<u64, Bytes>,
     highest: Option<u64>,
     next: Option<u64>,
+    /// Whether play-out runs; it stops when the buffer runs dry and starts again once
+    /// [`JITTER_TARGET`] packets are held, so a late burst does not run dry at once again.
+    playing: bool,
 }
 
 impl JitterBuffer {
@@ -83,7 +88,14 @@ impl JitterBuffer {
 
     /// The packet due at this tick.
     pub fn pop(&mut self) -> Pop {
-        let Some(&first) = self.packets.keys().next() else { return Pop::Empty };
+        if !self.playing && self.packets.len() < JITTER_TARGET {
+            return Pop::Empty;
+        }
+        let Some(&first) = self.packets.keys().next() else {
+            self.playing = false;
+            return Pop::Empty;
+        };
+        self.playing = true;
         let next = match self.next {
             // After a long gap (or at the start) resume at the first packet held.
             Some(n) if first.saturating_sub(n) <= u64::from(MAX_CONCEALED) => n,
