@@ -281,29 +281,13 @@ impl MixerCore {
                 for ((o, &m), &s) in self.own.iter_mut().zip(&self.mix).zip(&slot.frame) {
                     *o = m - i32::from(s);
                 }
-                slot.limiter.process(&self.own, &mut self.pcm);
-                let enc = match &mut slot.encoder {
-                    Some(e) => e,
-                    None => match Encoder::new() {
-                        Ok(e) => slot.encoder.insert(e),
-                        Err(_) => continue,
-                    },
-                };
-                match enc.encode(&self.pcm) {
-                    Ok(p) => Bytes::from(p),
-                    Err(_) => continue,
+                match limit_and_encode(&mut slot.limiter, &mut slot.encoder, &self.own, &mut self.pcm) {
+                    Some(p) => p,
+                    None => continue,
                 }
             } else {
                 if shared.is_none() {
-                    self.shared_limiter.process(&self.mix, &mut self.pcm);
-                    let enc = match &mut self.shared_encoder {
-                        Some(e) => e,
-                        None => match Encoder::new() {
-                            Ok(e) => self.shared_encoder.insert(e),
-                            Err(_) => continue,
-                        },
-                    };
-                    shared = enc.encode(&self.pcm).ok().map(Bytes::from);
+                    shared = limit_and_encode(&mut self.shared_limiter, &mut self.shared_encoder, &self.mix, &mut self.pcm);
                 }
                 match &shared {
                     Some(p) => p.clone(),
@@ -322,6 +306,16 @@ impl MixerCore {
     pub fn last_shared(&self) -> Option<Bytes> {
         self.last_shared.clone()
     }
+}
+
+/// One output of a tick: the mix through its limiter, then its encoder (made on first use).
+fn limit_and_encode(limiter: &mut Limiter, encoder: &mut Option<Encoder>, mix: &[i32], pcm: &mut Vec<i16>) -> Option<Bytes> {
+    limiter.process(mix, pcm);
+    let enc = match encoder {
+        Some(e) => e,
+        None => encoder.insert(Encoder::new().ok()?),
+    };
+    enc.encode(pcm).ok().map(Bytes::from)
 }
 
 /// What the mixer task is told.

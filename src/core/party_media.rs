@@ -140,16 +140,7 @@ pub fn client_offer(p: &OfferFacts) -> String {
     line(format!("a=fingerprint:{}", p.fingerprint));
     line("a=setup:actpass".into());
     line(format!("a=mid:{}", p.mid));
-    line("a=sendrecv".into());
-    line("a=rtcp-mux".into());
-    line(format!("a=rtpmap:{} opus/48000/2", p.opus_pt));
-    line(format!("a=fmtp:{} {}", p.opus_pt, p.opus_fmtp));
-    if let Some(id) = p.ext_audio_level {
-        line(format!("a=extmap:{id} {EXT_AUDIO_LEVEL}"));
-    }
-    if let Some(id) = p.ext_mid {
-        line(format!("a=extmap:{id} {EXT_SDES_MID}"));
-    }
+    sdp::media_lines(p, &mut line);
     if let Some(ssrc) = p.ssrc {
         line(format!("a=ssrc:{ssrc} cname:{}", p.cname.as_deref().unwrap_or("callme")));
     }

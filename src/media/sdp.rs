@@ -162,6 +162,21 @@ pub fn build_answer(offer: &OfferFacts, core: &ServUfrag, addr: IpAddr) -> Strin
     line(format!("a=ice-pwd:{}", core.pwd));
     line(format!("a=fingerprint:{}", core.fingerprint));
     line("a=setup:passive".into());
+    media_lines(offer, &mut line);
+    if core.candidates.is_empty() {
+        line(format!("a=candidate:1 1 udp 2130706431 {addr} {} typ host", core.port));
+    } else {
+        for c in &core.candidates {
+            line(format!("a={c}"));
+        }
+    }
+    line("a=end-of-candidates".into());
+    s
+}
+
+/// The lines both sides of the audio section share: direction, RTCP multiplexing, Opus with the
+/// offer's payload type and fmtp, and the header extensions the offer named.
+pub fn media_lines(offer: &OfferFacts, line: &mut impl FnMut(String)) {
     line("a=sendrecv".into());
     line("a=rtcp-mux".into());
     line(format!("a=rtpmap:{} opus/48000/2", offer.opus_pt));
@@ -172,15 +187,6 @@ pub fn build_answer(offer: &OfferFacts, core: &ServUfrag, addr: IpAddr) -> Strin
     if let Some(id) = offer.ext_mid {
         line(format!("a=extmap:{id} {EXT_SDES_MID}"));
     }
-    if core.candidates.is_empty() {
-        line(format!("a=candidate:1 1 udp 2130706431 {addr} {} typ host", core.port));
-    } else {
-        for c in &core.candidates {
-            line(format!("a={c}"));
-        }
-    }
-    line("a=end-of-candidates".into());
-    s
 }
 
 #[cfg(test)]
