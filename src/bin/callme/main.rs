@@ -136,15 +136,7 @@ async fn join(a: JoinArgs) -> ExitCode {
         let session = Session::connect(&a.url).await?;
         transcript = session.transcript();
         let party = session.load(ClusterId(a.cluster), SchemeId(a.scheme), &a.name).await?;
-        println!(
-            "  {:<8} {:<12} {:<22} {:>8.1} ms   party {} in conference {}",
-            a.name,
-            "before",
-            "open, cd.load",
-            t.elapsed().as_secs_f64() * 1000.0,
-            party.id(),
-            party.loaded().conf
-        );
+        steps::loaded(&party, t.elapsed()).print(&a.name);
         let options = RtcOptions { relay_only: a.relay, loopback_only: is_loopback_url(&a.url), ..Default::default() };
         let mut call = steps::join(party, RtcMedia::new(options), source, |row| row.print(&a.name)).await?;
         let listen = Duration::from_secs_f64(a.seconds.max(0.0));
@@ -193,14 +185,7 @@ async fn demo(a: DemoArgs) -> ExitCode {
         let joined: Result<_, Error> = async {
             let t = Instant::now();
             let party = Session::connect(&core.ws_url).await?.load(ClusterId(1), SchemeId(7), name).await?;
-            println!(
-                "  {name:<8} {:<12} {:<22} {:>8.1} ms   party {} in conference {}",
-                "before",
-                "open, cd.load",
-                t.elapsed().as_secs_f64() * 1000.0,
-                party.id(),
-                party.loaded().conf
-            );
+            steps::loaded(&party, t.elapsed()).print(name);
             steps::join(party, RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(hz), |row| row.print(name)).await
         }
         .await;

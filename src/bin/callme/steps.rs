@@ -19,6 +19,12 @@ impl Row {
     }
 }
 
+/// The row for opening the session and `cd.load`.
+pub fn loaded(party: &Party, took: Duration) -> Row {
+    let detail = format!("party {} in running conference {}", party.id(), party.loaded().conf);
+    Row { steps: "before", what: "open, cd.load", detail, took }
+}
+
 /// Steps 1–19 for a loaded party, reporting each typestate as it is reached.
 pub async fn join(
     party: Party,
