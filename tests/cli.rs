@@ -1,0 +1,79 @@
+//! The command line, run as a user runs it: `callme join` against a core with another party in
+//! the call, its exit codes, its recording and transcript files, and the scripted demo.
+
+use std::process::Command;
+use std::time::Duration;
+
+use callme::audio::{read_wav, tone_share, AudioSource};
+use callme::core::{self, CoreConfig};
+use callme::media::{RtcMedia, RtcOptions};
+use callme::{ClusterId, SchemeId, Session};
+
+const CALLME: &str = env!("CARGO_BIN_EXE_callme");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_prints_the_steps_and_what_it_hears_and_records_both_files() {
+    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), ..CoreConfig::default() };
+    let core = core::start(config).await.unwrap();
+    let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "other").await.unwrap();
+    let mut other = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
+
+    let dir = std::env::temp_dir().join(format!("callme-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wav, json) = (dir.join("heard.wav"), dir.join("transcript.json"));
+    let ws_url = core.ws_url.clone();
+    let (wav2, json2) = (wav.clone(), json.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(CALLME)
+            .args(["join", "--url", &ws_url, "--scheme", "7", "--name", "cli", "--tone", "880", "--seconds", "2"])
+            .arg("--record")
+            .arg(&wav2)
+            .arg("--transcript")
+            .arg(&json2)
+            .output()
+            .unwrap()
+    });
+    // Meanwhile the other party hears the command line's tone.
+    let mut heard_cli = 0.0f64;
+    while !run.is_finished() {
+        if let Ok(h) = other.listen(Duration::from_millis(500)).await {
+            heard_cli = heard_cli.max(tone_share(&h, 880.0));
+        }
+    }
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    for row in ["1-2", "3-5", "6-11", "12-14", "15-19", "Connected"] {
+        assert!(stdout.contains(row), "the step row {row:?} is printed:\n{stdout}");
+    }
+    assert!(stdout.contains("cli hears: 440 Hz"), "it says what it hears:\n{stdout}");
+    assert!(heard_cli > 0.8, "the other party hears the command line's 880 Hz: {heard_cli}");
+
+    let recorded = read_wav(&wav).unwrap();
+    assert!(recorded.len() > 48_000, "two seconds recorded: {}", recorded.len());
+    assert!(tone_share(&recorded[24_000..], 440.0) > 0.8, "the recording holds the other party");
+    let transcript: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let steps: Vec<u64> = transcript.as_array().unwrap().iter().filter_map(|e| e["step"].as_u64()).collect();
+    assert!((1..=19).all(|s| steps.contains(&s)), "the transcript holds every step: {steps:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    other.leave().await;
+    core.stop().await;
+}
+
+#[test]
+fn join_exits_with_30_when_no_core_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(CALLME).args(["join", "--url", &format!("ws://127.0.0.1:{port}/ws"), "--scheme", "7"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("opening the WebSocket"), "{stderr}");
+}
+
+#[test]
+fn the_scripted_demo_shows_a_transcript_that_follows_the_table() {
+    let out = Command::new(CALLME).args(["demo", "--scripted"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("Checked against the 19-step table: Connected"), "{stdout}");
+    assert!(stdout.contains("demo hears: 660 Hz"), "{stdout}");
+}
