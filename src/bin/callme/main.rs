@@ -292,6 +292,7 @@ async fn run_core(a: CoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let effective = config.redacted();
     let core = match core::start(config).await {
         Ok(c) => c,
         Err(e) => {
@@ -299,6 +300,7 @@ async fn run_core(a: CoreArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    eprintln!("callme core: configuration {effective}");
     // One line a parent process can read the addresses from.
     println!("callme core: ws {} http {} media {}", core.ws_url, core.http_url, core.media_addr);
     let _ = tokio::signal::ctrl_c().await;
