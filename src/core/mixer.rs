@@ -274,7 +274,9 @@ impl MixerCore {
         }
 
         let mut outputs = Vec::with_capacity(self.slots.len());
-        let mut shared: Option<Bytes> = None;
+        // The shared mix is made every tick, even when everyone speaks: a party whose media
+        // just came up is sent it at once (`Input::Connected`).
+        let shared = limit_and_encode(&mut self.shared_limiter, &mut self.shared_encoder, &self.mix, &mut self.pcm);
         self.own.resize(FRAME_SAMPLES, 0);
         for (party, slot) in self.slots.iter_mut() {
             let packet = if slot.speaking() {
@@ -286,9 +288,6 @@ impl MixerCore {
                     None => continue,
                 }
             } else {
-                if shared.is_none() {
-                    shared = limit_and_encode(&mut self.shared_limiter, &mut self.shared_encoder, &self.mix, &mut self.pcm);
-                }
                 match &shared {
                     Some(p) => p.clone(),
                     None => continue,
