@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn start_core() -> CoreHandle {
-    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), ..CoreConfig::default() };
+    let config = CoreConfig::loopback_ephemeral();
     core::start(config).await.expect("the core starts")
 }
 
@@ -197,12 +197,7 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_keeps_sending_garbage_is_closed_with_1008() {
-    let config = CoreConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        media: "127.0.0.1:0".parse().unwrap(),
-        max_errors: 5,
-        ..CoreConfig::default()
-    };
+    let config = CoreConfig { max_errors: 5, ..CoreConfig::loopback_ephemeral() };
     let core = core::start(config).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
     for _ in 0..10 {

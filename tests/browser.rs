@@ -13,7 +13,7 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium, node and playwright-core: run by tests/run.sh"]
 async fn a_browser_and_an_sdk_party_hear_each_other() {
-    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), ..CoreConfig::default() };
+    let config = CoreConfig::loopback_ephemeral();
     let core = core::start(config).await.unwrap();
 
     let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "sdk").await.unwrap();

@@ -13,7 +13,7 @@ const CALLME: &str = env!("CARGO_BIN_EXE_callme");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_prints_the_steps_and_what_it_hears_and_records_both_files() {
-    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), ..CoreConfig::default() };
+    let config = CoreConfig::loopback_ephemeral();
     let core = core::start(config).await.unwrap();
     let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "other").await.unwrap();
     let mut other = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();

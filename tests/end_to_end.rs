@@ -10,12 +10,7 @@ use callme::{AudioSource, ClusterId, Connected, SchemeId, Session};
 
 async fn start_core() -> CoreHandle {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let config = CoreConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        media: "127.0.0.1:0".parse().unwrap(),
-        media_timeout_ms: 3000,
-        ..CoreConfig::default()
-    };
+    let config = CoreConfig { media_timeout_ms: 3000, ..CoreConfig::loopback_ephemeral() };
     core::start(config).await.expect("the core starts")
 }
 

@@ -58,10 +58,8 @@ fn start_coturn(secret: &str) -> Turn {
 
 async fn start_core(turn_port: u16, secret: &str) -> CoreHandle {
     let config = CoreConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        media: "127.0.0.1:0".parse().unwrap(),
         turn: Some(TurnConfig { url: format!("turn:127.0.0.1:{turn_port}?transport=udp"), secret: secret.into(), ttl_secs: 600 }),
-        ..CoreConfig::default()
+        ..CoreConfig::loopback_ephemeral()
     };
     core::start(config).await.unwrap()
 }

@@ -65,6 +65,12 @@ impl Default for CoreConfig {
 }
 
 impl CoreConfig {
+    /// The defaults on loopback with ports the system picks: for a core in a test, a demo or a
+    /// benchmark, beside anything else running.
+    pub fn loopback_ephemeral() -> Self {
+        CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), ..CoreConfig::default() }
+    }
+
     /// Reads a TOML file over the defaults; unknown keys are an error naming them.
     pub fn from_toml_file(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

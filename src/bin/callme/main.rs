@@ -168,7 +168,7 @@ async fn demo(a: DemoArgs) -> ExitCode {
     if a.scripted {
         return demo_scripted().await;
     }
-    let config = CoreConfig { listen: "127.0.0.1:0".parse().unwrap(), media: "127.0.0.1:0".parse().unwrap(), ..CoreConfig::default() };
+    let config = CoreConfig::loopback_ephemeral();
     let core = match core::start(config).await {
         Ok(c) => c,
         Err(e) => {
