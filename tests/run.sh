@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash tests/setup.sh --tests
-cargo build --tests --bins
+cargo build --all-features --tests --bins --examples
+cargo build --lib --no-default-features   # the SDK alone, as a library user gets it
 
-run='ip link set lo up && cargo test --offline --no-fail-fast -- --include-ignored'
+run='ip link set lo up && cargo test --offline --all-features --no-fail-fast -- --include-ignored'
 if [ "$(id -u)" = 0 ]; then
   unshare --net bash -c "$run"
 else
