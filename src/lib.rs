@@ -26,7 +26,7 @@
 //! # async fn join() -> Result<(), callme::Error> {
 //! let party = Session::connect("ws://127.0.0.1:8080/ws").await?   // the WebSocket
 //!     .load(ClusterId(1), SchemeId(7), "bot").await?;              // cd.load: one's own PartyID
-//! let mut call = MediaReady::acquire(AudioSource::tone(440.0)).await? // steps 1–2
+//! let call = MediaReady::acquire(AudioSource::tone(440.0)).await? // steps 1–2
 //!     .call_me_s1(party).await?                                    // steps 3–5
 //!     .create_offer().await?                                       // steps 6–11
 //!     .call_me_s2().await?                                         // steps 12–14
@@ -68,6 +68,99 @@
 //! candidate at `addr:port`), sets it as the remote description, waits for the remote track,
 //! and attaches it to playback: from then on [`Connected::next_frame`] gives 20 ms of decoded
 //! 48 kHz audio, the conference mix without one's own voice.
+//!
+//! ## In the call
+//!
+//! [`Connected`] has two outputs that never block each other, and a task of its own that reads
+//! the WebSocket (answering the core's pings) and watches the media whether or not the
+//! application reads either:
+//!
+//! - the audio: [`Connected::next_frame`] (or the stream [`Connected::audio`]) gives the
+//!   decoded mix, 20 ms at a time; `None` once the call has ended and the frames already heard
+//!   are read;
+//! - the events: [`Connected::next_event`] (or [`Connected::events`]) gives [`CallEvent`]s in
+//!   order: what the core says (`conf.changed`, `timer.time`, any event for this party or its
+//!   conference, passed on as read), a frame that could not be read, and last
+//!   [`CallEvent::Ended`] with the reason, which [`Connected::end_reason`] keeps.
+//!
+//! Both take `&self`, so one loop can wait on both:
+//!
+//! ```no_run
+//! # async fn run(call: callme::Connected) {
+//! use callme::CallEvent;
+//! loop {
+//!     tokio::select! {
+//!         frame = call.next_frame() => match frame {
+//!             Some(pcm) => { /* 960 samples of the mix: play, record, analyse */ let _ = pcm; }
+//!             None => break, // the call has ended
+//!         },
+//!         Some(event) = call.next_event() => match event {
+//!             CallEvent::Core(e) => println!("the core says {}", e.name()),
+//!             CallEvent::Ended(why) => println!("the call ended: {why}"),
+//!             other => println!("{other:?}"),
+//!         },
+//!     }
+//! }
+//! println!("ended: {:?}", call.end_reason());
+//! # }
+//! ```
+//!
+//! ## How a call ends
+//!
+//! - The core ends the party's media (`conf.webrtc.Disconnected`, with its reason), the
+//!   WebSocket closes, or the PeerConnection fails: the call has ended; [`CallEvent::Ended`]
+//!   says why, the media is closed, `next_frame` returns `None` without waiting.
+//! - [`Connected::hang_up`]: the media closes, the core gets `CALLME_BYE`, and the [`Party`]
+//!   comes back for a new CALLME_S1 on the same WebSocket.
+//! - [`Connected::leave`]: the same, and the WebSocket closes.
+//! - Dropping the `Connected`: the call's task does what `leave` does, in the background.
+//!
+//! Dropping a state before [`Connected`] (an [`S1Accepted`], say) closes its PeerConnection and,
+//! with the [`Party`] it holds, the WebSocket: the core frees the party when it sees the socket
+//! close, and tells the others.
+//!
+//! ## Trying again, reconnecting by hand
+//!
+//! A transition that fails while the WebSocket is open gives the party back in its
+//! [`JoinError`]; [`JoinError::into_party`] gives the party, or the error when the socket is gone.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), callme::Error> {
+//! use std::time::Duration;
+//! use callme::{AudioSource, ClusterId, SchemeId, Session};
+//!
+//! let mut party = Session::connect("ws://127.0.0.1:8080/ws").await?.load(ClusterId(1), SchemeId(7), "bot").await?;
+//! for attempt in 1.. {
+//!     let call = match party.join(AudioSource::tone(440.0)).await {
+//!         Ok(call) => call,
+//!         Err(failed) if attempt < 5 => {
+//!             eprintln!("attempt {attempt}: {failed}");
+//!             party = failed.into_party()?; // the same session, the same party
+//!             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+//!             continue;
+//!         }
+//!         Err(failed) => return Err(failed.into()),
+//!     };
+//!     let why = call.ended().await; // in the call until it ends
+//!     eprintln!("the call ended: {why}; joining again");
+//!     party = call.hang_up().await; // the media is gone; the WebSocket may still be open
+//!     if party.session().is_closed() {
+//!         party = Session::connect("ws://127.0.0.1:8080/ws").await?.load(ClusterId(1), SchemeId(7), "bot").await?;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Debug builds of an application
+//!
+//! The media work (webrtc-rs's DTLS and SRTP, libopus) is slow without optimisation: in a debug
+//! build it can fall behind real time. This crate's own `[profile.dev.package."*"]` does not
+//! reach a crate that depends on it; an application sets it in its own `Cargo.toml`:
+//!
+//! ```toml
+//! [profile.dev.package."*"]
+//! opt-level = 2
+//! ```
 //!
 //! ## Misuse does not compile
 //!
@@ -134,6 +227,7 @@
 //! | `core` (feature `core`, on by default) | the reference core: the server side with real media |
 
 pub mod audio;
+mod call;
 #[cfg(feature = "core")]
 pub mod core;
 pub mod error;
@@ -146,8 +240,9 @@ pub mod transcript;
 pub mod wire;
 
 pub use audio::AudioSource;
-pub use error::{Cause, Error, Result, Stage};
+pub use call::{CallEvent, Connected};
+pub use error::{Cause, Error, JoinError, Result, Stage};
 pub use signaling::{Party, Session, Timeouts};
-pub use steps::{CallEvent, Connected, MediaReady, Offered, S1Accepted, S2Accepted};
+pub use steps::{MediaReady, Offered, S1Accepted, S2Accepted};
 pub use transcript::{Render, Transcript};
 pub use wire::{ClusterId, ConfId, PartyId, SchemeId};

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::{Cause, Error, Result, Stage};
 use crate::transcript::{Routing, Side, Transcript, What};
-use crate::wire::{self, Answer, ClusterId, Command, Event, Incoming, Loaded, PartyId, SchemeId};
+use crate::wire::{self, Answer, ClusterId, Command, Event, Incoming, Loaded, PartyId, SchemeId, WireError};
 
 /// What a transport yields: a text frame, or the end of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl Session {
         let (ws, _response) = tokio::time::timeout(timeouts.open, tokio_tungstenite::connect_async(request))
             .await
             .map_err(|_| err(Cause::TimedOut { waiting_for: format!("the WebSocket {url}"), after: timeouts.open }))?
-            .map_err(|e| err(Cause::Transport { reason: format!("{url}: {e}") }))?;
+            .map_err(|e| err(Cause::transport(format!("{url}: {e}"), e)))?;
         let mut session = Session::over(websocket_transport(ws), timeouts);
         session.host = host;
         session.transcript.record(0, Side::Ws, What::Call { name: "open".into(), detail: url.to_owned() });
@@ -192,7 +192,7 @@ impl Session {
         }
         let frame = cmd.to_frame();
         self.transcript.record(step, Side::Ws, What::Sent { frame: frame.clone() });
-        self.transport.send(frame).await.map_err(|reason| Error::new(stage, Cause::Transport { reason }))?;
+        self.transport.send(frame).await.map_err(|reason| Error::new(stage, Cause::transport_text(reason)))?;
         Ok(cmd.seq)
     }
 
@@ -266,33 +266,6 @@ impl Session {
         }
     }
 
-    /// Waits for the next event of any kind (in the call). `Disconnected` comes back as an error.
-    pub async fn next_event(&mut self, stage: Stage) -> Result<Event> {
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        loop {
-            let (frame, incoming) = self.read(stage, far, "an event", Duration::MAX).await?;
-            match incoming {
-                Incoming::Answer(_) => self.record_received(stage, frame, Routing::Stale),
-                Incoming::Event(e) => {
-                    let name = e.name();
-                    if self.is_own(&e) && SEQUENCE_EVENTS.contains(&name.as_str()) && self.used.contains(&name) {
-                        self.record_received(stage, frame, Routing::Duplicate);
-                        continue;
-                    }
-                    if name == DISCONNECTED && self.is_own(&e) {
-                        self.record_received(stage, frame, Routing::Fatal);
-                        return Err(disconnected(stage, &e));
-                    }
-                    let routing = if self.is_own(&e) { Routing::Event } else { Routing::OtherParty };
-                    self.record_received(stage, frame, routing);
-                    if routing == Routing::Event {
-                        return Ok(e);
-                    }
-                }
-            }
-        }
-    }
-
     /// Routes an event read while waiting for `wanted` (or for an answer when `None`). Returns the
     /// event if it is the wanted one; fails on `Disconnected`.
     fn route_event(&mut self, stage: Stage, frame: String, e: Event, wanted: Option<&str>) -> Result<Option<Event>> {
@@ -337,8 +310,28 @@ impl Session {
         self.transcript.record(stage.transcript_step(), Side::Ws, What::Received { frame, routing });
     }
 
-    /// Reads and parses the next frame before `deadline`.
+    /// Reads and parses the next frame before `deadline`; a frame that cannot be read ends the
+    /// wait (recorded as fatal).
     async fn read(&mut self, stage: Stage, deadline: Instant, waiting_for: &str, after: Duration) -> Result<(String, Incoming)> {
+        let (frame, parsed) = self.read_raw(stage, deadline, waiting_for, after).await?;
+        match parsed {
+            Ok(incoming) => Ok((frame, incoming)),
+            Err(e) => {
+                self.record_received(stage, frame, Routing::Fatal);
+                Err(Error::new(stage, Cause::Malformed(e)))
+            }
+        }
+    }
+
+    /// Reads the next frame before `deadline`; the error is for a closed socket or the deadline,
+    /// the inner result is the parse.
+    async fn read_raw(
+        &mut self,
+        stage: Stage,
+        deadline: Instant,
+        waiting_for: &str,
+        after: Duration,
+    ) -> Result<(String, std::result::Result<Incoming, WireError>)> {
         if let Some(reason) = &self.closed {
             return Err(Error::new(stage, Cause::Disconnected { reason: reason.clone() }));
         }
@@ -354,14 +347,72 @@ impl Session {
                 self.closed = Some(reason.clone());
                 Err(Error::new(stage, Cause::Disconnected { reason: format!("the WebSocket closed ({reason})") }))
             }
-            Inbound::Text(frame) => match Incoming::parse(&frame) {
-                Ok(incoming) => Ok((frame, incoming)),
-                Err(e) => {
-                    self.record_received(stage, frame, Routing::Fatal);
-                    Err(Error::new(stage, Cause::Malformed(e)))
-                }
-            },
+            Inbound::Text(frame) => {
+                let parsed = Incoming::parse(&frame);
+                Ok((frame, parsed))
+            }
         }
+    }
+
+    /// Reads the next thing that matters in the call (step 20): an event for the application,
+    /// an answer to an in-call command, a frame that could not be read (the call goes on), or
+    /// the end. Events for other parties and duplicates of the sequence's events are recorded
+    /// and passed over. Cancel-safe: a frame is either wholly handled or not read.
+    pub(crate) async fn next_in_call(&mut self) -> InCall {
+        let stage = Stage::InCall;
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            let (frame, parsed) = match self.read_raw(stage, far, "an event", Duration::MAX).await {
+                Ok(x) => x,
+                Err(e) => return InCall::Ended(e),
+            };
+            let e = match parsed {
+                Ok(Incoming::Answer(a)) => {
+                    self.record_received(stage, frame, Routing::Answer);
+                    return InCall::Answer(a);
+                }
+                Ok(Incoming::Event(e)) => e,
+                Err(w) => {
+                    self.record_received(stage, frame, Routing::Malformed);
+                    return InCall::Malformed(w);
+                }
+            };
+            let name = e.name();
+            if !self.is_own(&e) {
+                self.record_received(stage, frame, Routing::OtherParty);
+                continue;
+            }
+            if SEQUENCE_EVENTS.contains(&name.as_str()) && self.used.contains(&name) {
+                self.record_received(stage, frame, Routing::Duplicate);
+                continue;
+            }
+            if name == DISCONNECTED {
+                self.record_received(stage, frame, Routing::Fatal);
+                return InCall::Ended(disconnected(stage, &e));
+            }
+            self.record_received(stage, frame, Routing::Event);
+            return InCall::Event(e);
+        }
+    }
+
+    /// Waits for the next event for this session's party or its conference (for an application
+    /// that drives the session by hand; a [`crate::Connected`] reads its session itself).
+    /// `conf.webrtc.Disconnected` for the own party, a closed socket and a frame that cannot be
+    /// read come back as errors; answers to no pending command are passed over.
+    pub async fn next_event(&mut self) -> Result<Event> {
+        loop {
+            match self.next_in_call().await {
+                InCall::Event(e) => return Ok(e),
+                InCall::Answer(_) => continue,
+                InCall::Malformed(w) => return Err(Error::new(Stage::InCall, Cause::Malformed(w))),
+                InCall::Ended(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the WebSocket is closed (by either side).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
     }
 
     /// Closes the transport (best effort).
@@ -371,6 +422,18 @@ impl Session {
             self.closed = Some("closed by us".into());
         }
     }
+}
+
+/// What the session reads in the call.
+pub(crate) enum InCall {
+    /// An event for the application: the own party's, or the conference's.
+    Event(Event),
+    /// An answer to a command sent in the call.
+    Answer(Answer),
+    /// A frame that could not be read; recorded, and the call goes on.
+    Malformed(WireError),
+    /// The end: `conf.webrtc.Disconnected` for the own party, or the socket closed.
+    Ended(Error),
 }
 
 /// The error for `conf.webrtc.Disconnected`, with the core's reason when it gives one.

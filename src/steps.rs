@@ -9,35 +9,35 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::audio::{self, AudioSource, Frame};
-use crate::error::{Cause, Error, Result, Stage};
+use crate::audio::AudioSource;
+use crate::call::Connected;
+use crate::error::{Cause, Error, JoinError, Result, Stage};
 use crate::media::sdp::{self, OfferFacts};
 use crate::media::{IceServer, MediaEngine, RtcMedia};
 use crate::signaling::Party;
 use crate::transcript::{Side, Transcript, What};
-use crate::wire::{Event, PartyId, ServDesc, ServUfrag};
+use crate::wire::{Event, ServDesc, ServUfrag};
 
 /// Frames of heard audio kept for the application; when it lags, the oldest go first (2 s).
 const HEARD_QUEUE: usize = 100;
 
 /// What every state carries: the media layer and the transcript it records to.
-struct Join {
-    media: Box<dyn MediaEngine>,
-    transcript: Transcript,
+pub(crate) struct Join {
+    pub(crate) media: Box<dyn MediaEngine>,
+    pub(crate) transcript: Transcript,
     media_timeout: Duration,
 }
 
 impl Join {
-    fn record(&self, step: u8, side: Side, what: What) {
+    pub(crate) fn record(&self, step: u8, side: Side, what: What) {
         self.transcript.record(step, side, what);
     }
 
-    fn call(&self, step: u8, name: &str, detail: impl Into<String>) {
+    pub(crate) fn call(&self, step: u8, name: &str, detail: impl Into<String>) {
         self.record(step, Side::Media, What::Call { name: name.to_owned(), detail: detail.into() });
     }
 
@@ -46,19 +46,26 @@ impl Join {
     }
 
     /// Leaves nothing half-open after a failure: records it, closes the media, tells the core.
-    async fn fail(mut self, party: Option<&mut Party>, error: Error) -> Error {
+    async fn fail_alone(mut self, error: Error) -> Error {
         let step = error.stage.transcript_step();
         self.record(step, Side::Local, What::Failed { error: error.to_string() });
         self.call(step, "close", "");
         self.media.close().await;
-        if let Some(party) = party {
-            let refused_s1 = error.stage == Stage::Step(4) && matches!(error.cause, Cause::Refused(_));
-            if step >= 4 && !refused_s1 {
-                let bye = party.callme("CALLME_BYE");
-                party.session.send_quietly(error.stage, bye).await;
-            }
-        }
         error
+    }
+
+    /// [`Join::fail_alone`], then tells the core if it may hold media state for the party, and
+    /// gives the party back with the error while its WebSocket is open.
+    async fn fail(self, mut party: Party, error: Error) -> JoinError {
+        let error = self.fail_alone(error).await;
+        let step = error.stage.transcript_step();
+        let refused_s1 = error.stage == Stage::Step(4) && matches!(error.cause, Cause::Refused(_));
+        if step >= 4 && !refused_s1 {
+            let bye = party.callme("CALLME_BYE");
+            party.session.send_quietly(error.stage, bye).await;
+        }
+        let usable = !party.session.is_closed();
+        JoinError::new(error, usable.then_some(party))
     }
 }
 
@@ -71,8 +78,15 @@ async fn timed<T>(step: u8, call: &'static str, after: Duration, f: impl Future<
     }
 }
 
-/// Runs `$body` (a `Result`); on error, cleans up and returns from the transition.
+/// Runs `$body` (a `Result`); on error, cleans up and returns from the transition, with the
+/// party when there is one.
 macro_rules! attempt {
+    ($join:expr, None, $body:expr) => {
+        match $body {
+            Ok(v) => v,
+            Err(e) => return Err($join.fail_alone(e).await),
+        }
+    };
     ($join:expr, $party:expr, $body:expr) => {
         match $body {
             Ok(v) => v,
@@ -83,28 +97,27 @@ macro_rules! attempt {
 
 impl Party {
     /// All 19 steps in one call, with the real media layer: for applications that want the call,
-    /// not the steps. Same errors, same clean-up, same transcript as the typestates one by one.
-    pub async fn join(self, source: AudioSource) -> Result<Connected> {
+    /// not the steps. Same errors, same clean-up, same transcript as the typestates one by one;
+    /// a failure gives the party back while its session is usable ([`JoinError::into_party`]).
+    pub async fn join(self, source: AudioSource) -> Result<Connected, JoinError> {
         self.join_with(RtcMedia::default(), source).await
     }
 
     /// [`Party::join`] with a chosen media layer.
-    pub async fn join_with(self, media: impl MediaEngine + 'static, source: AudioSource) -> Result<Connected> {
+    pub async fn join_with(self, media: impl MediaEngine + 'static, source: AudioSource) -> Result<Connected, JoinError> {
         let transcript = self.transcript();
-        MediaReady::acquire_with(media, source, &transcript)
-            .await?
-            .call_me_s1(self)
-            .await?
-            .create_offer()
-            .await?
-            .call_me_s2()
-            .await?
-            .connect()
-            .await
+        let ready = match MediaReady::acquire_with(media, source, &transcript).await {
+            Ok(r) => r,
+            Err(e) => return Err(JoinError::new(e, Some(self))),
+        };
+        ready.call_me_s1(self).await?.create_offer().await?.call_me_s2().await?.connect().await
     }
 }
 
 /// Steps 1–2 done: the local audio stream exists. Next: [`MediaReady::call_me_s1`].
+///
+/// Dropped instead, it closes the audio source; nothing was sent to the core.
+#[must_use = "steps 3–19 follow with call_me_s1"]
 pub struct MediaReady {
     join: Join,
 }
@@ -139,7 +152,7 @@ impl MediaReady {
 
     /// Steps 3–5: send CALLME_S1 for oneself, wait for the positive answer, wait for
     /// `conf.webrtc.servdesc`.
-    pub async fn call_me_s1(self, mut party: Party) -> Result<S1Accepted> {
+    pub async fn call_me_s1(self, mut party: Party) -> Result<S1Accepted, JoinError> {
         let mut join = self.join;
         let transcript = party.transcript();
         transcript.absorb(&join.transcript);
@@ -147,19 +160,19 @@ impl MediaReady {
         join.media_timeout = party.session.timeouts().media;
 
         let cmd = party.callme("CALLME_S1");
-        let seq = attempt!(join, Some(&mut party), party.session.send(Stage::Step(3), cmd, true).await);
-        let answer = attempt!(join, Some(&mut party), party.session.answer(Stage::Step(4), seq, "CALLME_S1").await);
+        let seq = attempt!(join, party, party.session.send(Stage::Step(3), cmd, true).await);
+        let answer = attempt!(join, party, party.session.answer(Stage::Step(4), seq, "CALLME_S1").await);
         if let Some(refusal) = answer.refusal(&[crate::wire::code::OK]) {
-            return Err(join.fail(Some(&mut party), Error::new(Stage::Step(4), Cause::Refused(refusal))).await);
+            return Err(join.fail(party, Error::new(Stage::Step(4), Cause::Refused(refusal))).await);
         }
-        let event = attempt!(join, Some(&mut party), party.session.event(Stage::Step(5), ServDesc::EVENT).await);
+        let event = attempt!(join, party, party.session.event(Stage::Step(5), ServDesc::EVENT).await);
         // The TURN credentials are secrets: redacted even when the event turns out malformed.
         for (field, placeholder) in [("username", "turn-username"), ("credential", "turn-credential")] {
             if let Some(v) = event.evt_data().get(field).and_then(serde_json::Value::as_str) {
                 join.transcript.redact(v, placeholder);
             }
         }
-        let servdesc = attempt!(join, Some(&mut party), parse_event(5, &event, ServDesc::from_event));
+        let servdesc = attempt!(join, party, parse_event(5, &event, ServDesc::from_event));
         Ok(S1Accepted { join, party, servdesc })
     }
 }
@@ -170,6 +183,10 @@ fn parse_event<T>(step: u8, e: &Event, parse: fn(&Event) -> std::result::Result<
 
 /// Steps 3–5 done: the core accepted CALLME_S1 and gave its ICE server. Next:
 /// [`S1Accepted::create_offer`].
+///
+/// Dropped instead, its PeerConnection closes and its WebSocket closes with it; the core frees
+/// the party when it sees the socket close.
+#[must_use = "steps 6–19 follow with create_offer"]
 pub struct S1Accepted {
     join: Join,
     party: Party,
@@ -184,8 +201,8 @@ impl S1Accepted {
 
     /// Steps 6–11: create the PeerConnection with servdesc's ICE server, create the offer, pull
     /// ufrag, pwd, fingerprint (and the rest CALLME_S2 carries) out of it, set it locally.
-    pub async fn create_offer(self) -> Result<Offered> {
-        let S1Accepted { mut join, mut party, servdesc } = self;
+    pub async fn create_offer(self) -> Result<Offered, JoinError> {
+        let S1Accepted { mut join, party, servdesc } = self;
         let ice: Vec<IceServer> = if servdesc.serveraddr.is_empty() {
             Vec::new()
         } else {
@@ -200,17 +217,13 @@ impl S1Accepted {
             None => "no ICE server".to_owned(),
         };
         join.call(6, "createPeerConnection", detail);
-        attempt!(
-            join,
-            Some(&mut party),
-            timed(6, "createPeerConnection", join.media_timeout, join.media.create_peer_connection(&ice)).await
-        );
+        attempt!(join, party, timed(6, "createPeerConnection", join.media_timeout, join.media.create_peer_connection(&ice)).await);
 
         join.call(7, "createOffer", "");
-        let sdp = attempt!(join, Some(&mut party), timed(8, "createOffer", join.media_timeout, join.media.create_offer()).await);
+        let sdp = attempt!(join, party, timed(8, "createOffer", join.media_timeout, join.media.create_offer()).await);
         join.returned(8, "createOffer", sdp.clone());
 
-        let offer = attempt!(join, Some(&mut party), sdp::parse_offer(&sdp).map_err(|w| Error::new(Stage::Step(9), Cause::Offer(w))));
+        let offer = attempt!(join, party, sdp::parse_offer(&sdp).map_err(|w| Error::new(Stage::Step(9), Cause::Offer(w))));
         let t = &join.transcript;
         t.redact(&offer.ufrag, "local-ufrag");
         t.redact(&offer.pwd, "local-pwd");
@@ -226,11 +239,7 @@ impl S1Accepted {
         join.record(9, Side::Local, What::Returned { name: "parseOffer".into(), detail: facts.join(" ") });
 
         join.call(10, "setLocalDescription", "offer");
-        attempt!(
-            join,
-            Some(&mut party),
-            timed(11, "setLocalDescription", join.media_timeout, join.media.set_local_description(&sdp)).await
-        );
+        attempt!(join, party, timed(11, "setLocalDescription", join.media_timeout, join.media.set_local_description(&sdp)).await);
         join.returned(11, "setLocalDescription", "");
         Ok(Offered { join, party, offer })
     }
@@ -238,6 +247,10 @@ impl S1Accepted {
 
 /// Steps 6–11 done: the offer is set locally and its facts are known. Next:
 /// [`Offered::call_me_s2`].
+///
+/// Dropped instead, its PeerConnection closes and its WebSocket closes with it; the core frees
+/// the party when it sees the socket close.
+#[must_use = "steps 12–19 follow with call_me_s2"]
 pub struct Offered {
     join: Join,
     party: Party,
@@ -253,19 +266,19 @@ impl Offered {
     /// Steps 12–14: send CALLME_S2 with the offer's ufrag, pwd, fingerprint (and mid, Opus
     /// payload type, extension ids, SSRC, CNAME), wait for the positive answer, wait for
     /// `conf.webrtc.servufrag`.
-    pub async fn call_me_s2(self) -> Result<S2Accepted> {
+    pub async fn call_me_s2(self) -> Result<S2Accepted, JoinError> {
         let Offered { join, mut party, offer } = self;
         let mut cmd = party.callme("CALLME_S2");
         for (k, v) in offer.s2_params() {
             cmd = cmd.param(k, v);
         }
-        let seq = attempt!(join, Some(&mut party), party.session.send(Stage::Step(12), cmd, true).await);
-        let answer = attempt!(join, Some(&mut party), party.session.answer(Stage::Step(13), seq, "CALLME_S2").await);
+        let seq = attempt!(join, party, party.session.send(Stage::Step(12), cmd, true).await);
+        let answer = attempt!(join, party, party.session.answer(Stage::Step(13), seq, "CALLME_S2").await);
         if let Some(refusal) = answer.refusal(&[crate::wire::code::OK]) {
-            return Err(join.fail(Some(&mut party), Error::new(Stage::Step(13), Cause::Refused(refusal))).await);
+            return Err(join.fail(party, Error::new(Stage::Step(13), Cause::Refused(refusal))).await);
         }
-        let event = attempt!(join, Some(&mut party), party.session.event(Stage::Step(14), ServUfrag::EVENT).await);
-        let core = attempt!(join, Some(&mut party), parse_event(14, &event, ServUfrag::from_event));
+        let event = attempt!(join, party, party.session.event(Stage::Step(14), ServUfrag::EVENT).await);
+        let core = attempt!(join, party, parse_event(14, &event, ServUfrag::from_event));
         let t = &join.transcript;
         t.redact(&core.ufrag, "core-ufrag");
         t.redact(&core.pwd, "core-pwd");
@@ -276,6 +289,10 @@ impl Offered {
 
 /// Steps 12–14 done: the core accepted CALLME_S2 and gave its ICE and DTLS parameters. Next:
 /// [`S2Accepted::connect`].
+///
+/// Dropped instead, its PeerConnection closes and its WebSocket closes with it; the core frees
+/// the party and its media when it sees the socket close.
+#[must_use = "steps 15–19 follow with connect"]
 pub struct S2Accepted {
     join: Join,
     party: Party,
@@ -292,18 +309,14 @@ impl S2Accepted {
     /// Steps 15–19: write the core's answer from servufrag, set it as the remote description,
     /// wait for the remote track, attach it to playback (decoded frames, see
     /// [`Connected::next_frame`]).
-    pub async fn connect(self) -> Result<Connected> {
+    pub async fn connect(self) -> Result<Connected, JoinError> {
         let S2Accepted { mut join, mut party, offer, core } = self;
-        let addr = attempt!(join, Some(&mut party), candidate_addr(&core, party.session.host()).await);
+        let addr = attempt!(join, party, candidate_addr(&core, party.session.host()).await);
         let answer = sdp::build_answer(&offer, &core, addr);
         join.record(15, Side::Local, What::Returned { name: "buildAnswer".into(), detail: answer.clone() });
 
         join.call(16, "setRemoteDescription", "answer");
-        attempt!(
-            join,
-            Some(&mut party),
-            timed(17, "setRemoteDescription", join.media_timeout, join.media.set_remote_description(&answer)).await
-        );
+        attempt!(join, party, timed(17, "setRemoteDescription", join.media_timeout, join.media.set_remote_description(&answer)).await);
         join.returned(17, "setRemoteDescription", "");
 
         // While the media is awaited the session is read too: the core may end the session.
@@ -312,13 +325,13 @@ impl S2Accepted {
             t = timed(18, "ontrack", join.media_timeout, join.media.remote_track()) => t,
             e = party.session.until_ended(Stage::Step(18)) => Err(e),
         };
-        let track = attempt!(join, Some(&mut party), track);
+        let track = attempt!(join, party, track);
         join.returned(18, "ontrack", track);
 
         join.call(19, "play", "decoded 20 ms frames to the application");
         let (heard_tx, heard) = broadcast::channel(HEARD_QUEUE);
-        attempt!(join, Some(&mut party), timed(19, "play", join.media_timeout, join.media.play(heard_tx)).await);
-        Ok(Connected { join, party, offer, core, heard })
+        attempt!(join, party, timed(19, "play", join.media_timeout, join.media.play(heard_tx)).await);
+        Ok(Connected::start(join, party, offer, core, heard))
     }
 }
 
@@ -339,120 +352,4 @@ async fn candidate_addr(core: &ServUfrag, ws_host: Option<&str>) -> Result<IpAdd
     let addrs: Vec<_> =
         tokio::net::lookup_host((host.as_str(), core.port)).await.map_err(|e| err(format!("{host:?} does not resolve: {e}")))?.collect();
     addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).map(|a| a.ip()).ok_or_else(|| err(format!("{host:?} resolves to no address")))
-}
-
-/// The next frame, past any the receiver lagged behind on.
-async fn next_heard(rx: &mut broadcast::Receiver<Frame>) -> Option<Frame> {
-    loop {
-        match rx.recv().await {
-            Ok(f) => return Some(f),
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return None,
-        }
-    }
-}
-
-/// What happened in the call.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallEvent {
-    /// An event from the core (`conf.changed`, `timer.time`, ...).
-    Core(Event),
-    /// The media session ended (`conf.webrtc.Disconnected`, the socket closed, ICE/DTLS failed).
-    Ended(Error),
-}
-
-/// Steps 15–19 done: in the call, hearing the conference mix.
-pub struct Connected {
-    join: Join,
-    party: Party,
-    offer: OfferFacts,
-    core: ServUfrag,
-    heard: broadcast::Receiver<Frame>,
-}
-
-impl Connected {
-    pub fn party_id(&self) -> PartyId {
-        self.party.id()
-    }
-
-    pub fn transcript(&self) -> Transcript {
-        self.join.transcript.clone()
-    }
-
-    pub fn offer(&self) -> &OfferFacts {
-        &self.offer
-    }
-
-    pub fn servufrag(&self) -> &ServUfrag {
-        &self.core
-    }
-
-    /// The next 20 ms of heard audio (48 kHz mono), or `None` once the media is closed. Up to
-    /// 2 s are kept while the application does not read; past that the oldest frames are dropped.
-    pub async fn next_frame(&mut self) -> Option<Frame> {
-        next_heard(&mut self.heard).await
-    }
-
-    /// Drops the heard audio kept so far, so the next frame is the newest.
-    pub fn skip_heard(&mut self) {
-        self.heard = self.heard.resubscribe();
-    }
-
-    /// The next thing that happens in the call: an event from the core, or the end of the media.
-    /// Heard audio is not consumed.
-    pub async fn next_event(&mut self) -> CallEvent {
-        tokio::select! {
-            e = self.party.session.next_event(Stage::InCall) => match e {
-                Ok(ev) => CallEvent::Core(ev),
-                Err(err) => CallEvent::Ended(err),
-            },
-            reason = self.join.media.ended() => CallEvent::Ended(Error::new(Stage::InCall, Cause::Disconnected { reason })),
-        }
-    }
-
-    /// Collects what is heard during the next `duration` (audio kept from before is skipped)
-    /// while watching the core and the media; fails if the call ends meanwhile.
-    pub async fn listen(&mut self, duration: Duration) -> Result<Vec<i16>> {
-        self.skip_heard();
-        let deadline = tokio::time::sleep(duration);
-        tokio::pin!(deadline);
-        let mut heard = Vec::with_capacity((duration.as_secs_f64() * f64::from(audio::SAMPLE_RATE)) as usize);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => return Ok(heard),
-                f = next_heard(&mut self.heard) => match f {
-                    Some(f) => heard.extend_from_slice(&f),
-                    None => return Err(Error::new(Stage::InCall, Cause::Disconnected { reason: "the media closed".into() })),
-                },
-                e = self.party.session.next_event(Stage::InCall) => { e?; }
-                reason = self.join.media.ended() => {
-                    return Err(Error::new(Stage::InCall, Cause::Disconnected { reason }));
-                }
-            }
-        }
-    }
-
-    /// [`Connected::listen`], then writes what was heard to a WAV file.
-    pub async fn record(&mut self, duration: Duration, path: &Path) -> Result<Vec<i16>> {
-        let heard = self.listen(duration).await?;
-        audio::write_wav(path, &heard).map_err(|reason| Error::new(Stage::InCall, Cause::Invalid { reason }))?;
-        Ok(heard)
-    }
-
-    /// Hangs up: closes the media, tells the core (`CALLME_BYE`), and gives the party back for a
-    /// new CALLME_S1 (a reconnect) or other commands.
-    pub async fn hang_up(self) -> Party {
-        let Connected { mut join, mut party, .. } = self;
-        join.call(20, "close", "");
-        join.media.close().await;
-        let bye = party.callme("CALLME_BYE");
-        party.session.send_quietly(Stage::InCall, bye).await;
-        party
-    }
-
-    /// Hangs up and closes the WebSocket.
-    pub async fn leave(self) {
-        let mut party = self.hang_up().await;
-        party.session.close().await;
-    }
 }

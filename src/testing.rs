@@ -140,6 +140,11 @@ impl ScriptedCore {
         self.received().iter().filter_map(|v| v["cmd"].as_str().map(str::to_owned)).collect()
     }
 
+    /// Whether the client closed its end (or the core closed the socket).
+    pub fn is_closed(&self) -> bool {
+        self.0.lock().unwrap().closed
+    }
+
     /// Sends an event now (as a core would at any time).
     pub fn push_event(&self, event: Value) {
         let mut s = self.0.lock().unwrap();

@@ -46,6 +46,8 @@ pub enum Routing {
     Stale,
     /// The frame ended the step: refusal, `Disconnected`, or malformed.
     Fatal,
+    /// A frame in the call that could not be read; passed over, the call goes on.
+    Malformed,
 }
 
 /// One thing that happened.
@@ -91,10 +93,18 @@ impl Entry {
     }
 }
 
+/// Entries of the call (step 20) kept: the newest; older ones are counted, not kept, so a long
+/// call's transcript stays small.
+pub const IN_CALL_KEPT: usize = 256;
+
 #[derive(Debug)]
 struct Inner {
     start: Instant,
     entries: Vec<Entry>,
+    /// Step-20 entries now in `entries`.
+    in_call: usize,
+    /// Step-20 entries dropped to keep `in_call` at [`IN_CALL_KEPT`].
+    in_call_dropped: u64,
     /// (value, placeholder) pairs for the redacted rendering.
     redactions: Vec<(String, String)>,
 }
@@ -120,7 +130,13 @@ pub enum Render {
 
 impl Transcript {
     pub fn new() -> Self {
-        Transcript(Arc::new(Mutex::new(Inner { start: Instant::now(), entries: Vec::new(), redactions: Vec::new() })))
+        Transcript(Arc::new(Mutex::new(Inner {
+            start: Instant::now(),
+            entries: Vec::new(),
+            in_call: 0,
+            in_call_dropped: 0,
+            redactions: Vec::new(),
+        })))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -128,12 +144,27 @@ impl Transcript {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends an entry.
+    /// Appends an entry. Of the call's entries (step 20) the newest [`IN_CALL_KEPT`] are kept.
     pub fn record(&self, step: u8, side: Side, what: What) {
         let mut inner = self.lock();
         let at_ms = inner.start.elapsed().as_secs_f64() * 1000.0;
         tracing::debug!(step, ?side, ?what, "transcript");
+        if step == 20 {
+            if inner.in_call == IN_CALL_KEPT {
+                if let Some(oldest) = inner.entries.iter().position(|e| e.step == 20) {
+                    inner.entries.remove(oldest);
+                    inner.in_call -= 1;
+                    inner.in_call_dropped += 1;
+                }
+            }
+            inner.in_call += 1;
+        }
         inner.entries.push(Entry { step, side, at_ms, what });
+    }
+
+    /// How many entries of the call were dropped to keep the transcript bounded.
+    pub fn in_call_dropped(&self) -> u64 {
+        self.lock().in_call_dropped
     }
 
     /// Declares a value random: the redacted rendering shows `placeholder` instead.
@@ -162,12 +193,14 @@ impl Transcript {
         }
         let (entries, redactions) = {
             let mut o = other.lock();
+            o.in_call = 0;
             (std::mem::take(&mut o.entries), o.redactions.clone())
         };
         let other_start = other.lock().start;
         {
             let mut inner = self.lock();
             let offset = other_start.saturating_duration_since(inner.start).as_secs_f64() * 1000.0;
+            inner.in_call += entries.iter().filter(|e| e.step == 20).count();
             inner.entries.extend(entries.into_iter().map(|mut e| {
                 e.at_ms += offset;
                 e
@@ -187,7 +220,14 @@ impl Transcript {
     pub fn render(&self, how: Render) -> String {
         let inner = self.lock();
         let mut out = String::new();
+        let mut first_in_call = true;
         for e in &inner.entries {
+            if e.step == 20 && first_in_call {
+                first_in_call = false;
+                if inner.in_call_dropped > 0 {
+                    let _ = writeln!(out, " +         ({} earlier entries of the call not kept)", inner.in_call_dropped);
+                }
+            }
             let side = match e.side {
                 Side::Ws => "ws   ",
                 Side::Media => "media",
@@ -278,6 +318,21 @@ mod tests {
         t.redact("abcdef", "local-pwd");
         let r = t.render(Render::Redacted);
         assert_eq!(r, " 3 ws    < {\"ufrag\":\"[local-ufrag]\",\"pwd\":\"[local-pwd]\"}\n");
+    }
+
+    #[test]
+    fn a_long_call_keeps_its_newest_entries_and_counts_the_rest() {
+        let t = Transcript::new();
+        t.record(19, Side::Media, What::Call { name: "play".into(), detail: String::new() });
+        for i in 0..IN_CALL_KEPT + 10 {
+            t.record(20, Side::Ws, What::Sent { frame: format!("frame {i}") });
+        }
+        let entries = t.entries();
+        assert_eq!(entries.len(), IN_CALL_KEPT + 1);
+        assert_eq!(entries[0].step, 19, "the sequence's entries are all kept");
+        assert_eq!(entries[1].what, What::Sent { frame: "frame 10".into() });
+        assert_eq!(t.in_call_dropped(), 10);
+        assert!(t.render(Render::Redacted).contains("(10 earlier entries of the call not kept)"));
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn code_and_text(v: &Value) -> (i64, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on() {
     let core = start_core().await;
-    let mut a = join(&core, "a", 440.0).await;
+    let a = join(&core, "a", 440.0).await;
     let _b = join(&core, "b", 660.0).await;
     a.listen(Duration::from_millis(500)).await.unwrap();
     let conf = 1; // the first running conference

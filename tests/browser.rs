@@ -17,7 +17,7 @@ async fn a_browser_and_an_sdk_party_hear_each_other() {
     let core = core::start(config).await.unwrap();
 
     let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "sdk").await.unwrap();
-    let mut sdk = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
+    let sdk = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
 
     // The browser's microphone: 10 s of 660 Hz (Chromium loops the file).
     let wav = std::env::temp_dir().join(format!("callme-browser-660-{}.wav", std::process::id()));

@@ -16,7 +16,7 @@ async fn join_prints_the_steps_and_what_it_hears_and_records_both_files() {
     let config = CoreConfig::loopback_ephemeral();
     let core = core::start(config).await.unwrap();
     let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "other").await.unwrap();
-    let mut other = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
+    let other = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
 
     let dir = std::env::temp_dir().join(format!("callme-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

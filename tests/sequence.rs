@@ -51,7 +51,7 @@ async fn join(case: Case) -> (callme::Result<Connected>, Transcript, ScriptedCor
     let result = async {
         let party = session.load(ClusterId(values::CLUSTER), SchemeId(7), "tester").await?;
         let ready = MediaReady::acquire_with(media, source, &party.transcript()).await?;
-        ready.call_me_s1(party).await?.create_offer().await?.call_me_s2().await?.connect().await
+        Ok(ready.call_me_s1(party).await?.create_offer().await?.call_me_s2().await?.connect().await?)
     }
     .await;
     (result, transcript, core, probe)
@@ -61,7 +61,7 @@ async fn check(name: &str, what: &str, case: Case, expect: Expect) {
     let (result, transcript, core, probe) = join(case).await;
     let mut result_line = String::new();
     match (&expect, result) {
-        (Expect::Connected, Ok(mut call)) => {
+        (Expect::Connected, Ok(call)) => {
             let heard = call.listen(Duration::from_secs(1)).await.expect("the call goes on for a second");
             let share = callme::audio::tone_share(&heard, 660.0);
             assert!(share > 0.9, "the far side's 660 Hz is heard (share {share:.3})");
@@ -301,7 +301,7 @@ async fn a_servufrag_without_addr_uses_the_websocket_host() {
 #[tokio::test(start_paused = true)]
 async fn disconnected_in_the_call_ends_it_with_the_reason() {
     let (result, transcript, core, probe) = join(Case::new()).await;
-    let mut call = result.expect("connects");
+    let call = result.expect("connects");
     core.push_event(disconnected_event(values::PARTY));
     let err = call.listen(Duration::from_secs(5)).await.expect_err("the call ends");
     assert_eq!(err.stage, callme::Stage::InCall);
@@ -315,7 +315,7 @@ async fn disconnected_in_the_call_ends_it_with_the_reason() {
 #[tokio::test(start_paused = true)]
 async fn a_disconnected_for_another_party_does_not_end_the_call() {
     let (result, _transcript, core, _probe) = join(Case::new()).await;
-    let mut call = result.expect("connects");
+    let call = result.expect("connects");
     core.push_event(disconnected_event(values::OTHER_PARTY));
     let heard = call.listen(Duration::from_secs(1)).await.expect("the call goes on");
     assert!(callme::audio::tone_share(&heard, 660.0) > 0.9);
@@ -343,7 +343,7 @@ async fn hanging_up_tells_the_core_and_gives_the_party_back_for_a_reconnect() {
         .unwrap()
         .connect()
         .await;
-    let mut call = again.expect("reconnects");
+    let call = again.expect("reconnects");
     let heard = call.listen(Duration::from_secs(1)).await.unwrap();
     assert!(callme::audio::tone_share(&heard, 880.0) > 0.9);
     let s1s = core.received_cmds().iter().filter(|c| *c == "CALLME_S1").count();

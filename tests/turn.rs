@@ -67,7 +67,7 @@ async fn start_core(turn_port: u16, secret: &str) -> CoreHandle {
 async fn join(core: &CoreHandle, name: &str, hz: f32, relay_only: bool) -> Result<Connected, callme::Error> {
     let party = Session::connect(&core.ws_url).await?.load(ClusterId(1), SchemeId(7), name).await?;
     let options = RtcOptions { relay_only, loopback_only: !relay_only, ..Default::default() };
-    party.join_with(RtcMedia::new(options), AudioSource::tone(hz)).await
+    Ok(party.join_with(RtcMedia::new(options), AudioSource::tone(hz)).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,8 +75,8 @@ async fn join(core: &CoreHandle, name: &str, hz: f32, relay_only: bool) -> Resul
 async fn a_relay_only_party_connects_through_coturn_and_hears_the_mix() {
     let turn = start_coturn("north-wind");
     let core = start_core(turn.port, "north-wind").await;
-    let mut direct = join(&core, "direct", 660.0, false).await.expect("the direct party joins");
-    let mut relayed = join(&core, "relayed", 440.0, true).await.expect("the relay-only party joins through coturn");
+    let direct = join(&core, "direct", 660.0, false).await.expect("the direct party joins");
+    let relayed = join(&core, "relayed", 440.0, true).await.expect("the relay-only party joins through coturn");
     relayed.listen(Duration::from_millis(800)).await.unwrap();
     let heard = relayed.listen(Duration::from_millis(1500)).await.unwrap();
     assert!(tone_share(&heard, 660.0) > 0.8, "the relayed party hears the mix: {}", tone_share(&heard, 660.0));

@@ -12,7 +12,7 @@ use super::{IceServer, MediaEngine};
 use crate::audio::{AudioSource, Frame, FRAME_DURATION};
 
 /// The offer the fake PeerConnection creates: what Chromium's offer holds, with fixed values.
-pub const FAKE_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS callme\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:fAkE\r\na=ice-pwd:fakepasswordfakepassword\r\na=ice-options:trickle\r\na=fingerprint:sha-256 0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4\r\na=setup:actpass\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=sendrecv\r\na=msid:callme audio\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=ssrc:1001 cname:fakecname\r\n";
+pub const FAKE_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS callme\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:fAkE\r\na=ice-pwd:fakepasswordfakepassword\r\na=ice-options:trickle\r\na=fingerprint:sha-256 0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4\r\na=setup:actpass\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=sendrecv\r\na=msid:callme audio\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=ssrc:2882400001 cname:fakecname\r\n";
 
 /// What the test can see of the fake after the fact.
 #[derive(Debug, Clone, Default)]

@@ -71,7 +71,7 @@ async fn join_one(ws: String, i: usize, tone: Option<f32>) -> Result<Joined, Str
     let party = party.load(ClusterId(1), SchemeId(7), &format!("p{i}")).await.map_err(|e| e.to_string())?;
     let source = tone.map_or(AudioSource::Silence, AudioSource::tone);
     let mut rows = Vec::new();
-    let mut call = steps::join(party, RtcMedia::new(RtcOptions::loopback_only()), source, |r| rows.push(r.took.as_secs_f64() * 1000.0))
+    let call = steps::join(party, RtcMedia::new(RtcOptions::loopback_only()), source, |r| rows.push(r.took.as_secs_f64() * 1000.0))
         .await
         .map_err(|e| format!("party {i}: {e}"))?;
     let t = Instant::now();

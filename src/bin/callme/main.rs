@@ -104,7 +104,7 @@ fn exit_code(e: &Error) -> u8 {
     match e.stage {
         Stage::Step(n) => n,
         Stage::Open | Stage::Load => 30,
-        Stage::InCall => 40,
+        _ => 40, // in the call
     }
 }
 
@@ -138,7 +138,7 @@ async fn join(a: JoinArgs) -> ExitCode {
         let party = session.load(ClusterId(a.cluster), SchemeId(a.scheme), &a.name).await?;
         steps::loaded(&party, t.elapsed()).print(&a.name);
         let options = RtcOptions { relay_only: a.relay, loopback_only: is_loopback_url(&a.url), ..Default::default() };
-        let mut call = steps::join(party, RtcMedia::new(options), source, |row| row.print(&a.name)).await?;
+        let call = steps::join(party, RtcMedia::new(options), source, |row| row.print(&a.name)).await?;
         let listen = Duration::from_secs_f64(a.seconds.max(0.0));
         println!("  listening for {:.1} s ...", listen.as_secs_f64());
         let heard = match &a.record {
@@ -242,7 +242,7 @@ async fn demo_scripted() -> ExitCode {
     let (media, _probe) = FakeMedia::new();
     let result: Result<(), Error> = async {
         let party = session.load(ClusterId(1), SchemeId(7), "demo").await?;
-        let mut call = steps::join(party, media.hearing(660.0), AudioSource::tone(440.0), |row| row.print("demo")).await?;
+        let call = steps::join(party, media.hearing(660.0), AudioSource::tone(440.0), |row| row.print("demo")).await?;
         let heard = call.listen(Duration::from_secs(1)).await?;
         println!("  demo hears: {}", steps::describe_heard(&heard));
         call.leave().await;
