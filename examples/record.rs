@@ -11,7 +11,7 @@ use callme::{AudioSource, CallEvent, ClusterId, Session};
 #[tokio::main]
 async fn main() -> Result<(), callme::Error> {
     let target = common::Target::from_args().await?;
-    let path = std::env::args().nth(2).unwrap_or_else(|| "heard.wav".into());
+    let path = std::env::args().skip(1).find(|a| a.ends_with(".wav")).unwrap_or_else(|| "heard.wav".into());
     let call =
         Session::connect(&target.url).await?.load(ClusterId(1), common::SCHEME, "recorder").await?.join(AudioSource::Silence).await?;
 

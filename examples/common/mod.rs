@@ -1,4 +1,4 @@
-//! What the examples share: the core to join. With a URL on the command line (or in
+//! What the examples share: the core to join. With a `ws://` URL on the command line (or in
 //! `CALLME_URL`) an example joins that core; without one it starts the reference core on
 //! loopback with a party in conference 7 that sends 660 Hz, so there is something to hear.
 
@@ -21,7 +21,8 @@ pub struct Target {
 impl Target {
     /// The core named on the command line or in `CALLME_URL`, else an embedded one.
     pub async fn from_args() -> Result<Target, callme::Error> {
-        if let Some(url) = std::env::args().nth(1).or_else(|| std::env::var("CALLME_URL").ok()) {
+        let url = std::env::args().skip(1).find(|a| a.starts_with("ws://") || a.starts_with("wss://"));
+        if let Some(url) = url.or_else(|| std::env::var("CALLME_URL").ok()) {
             return Ok(Target { url, embedded: None });
         }
         let core = core::start(CoreConfig::loopback_ephemeral()).await.expect("the reference core starts on loopback");
