@@ -21,7 +21,12 @@ pub type Frame = Vec<i16>;
 #[derive(Debug)]
 pub enum AudioSource {
     /// A sine tone at `hz`, at `level` of full scale (0.0–1.0).
-    Tone { hz: f32, level: f32 },
+    Tone {
+        /// Frequency in Hz.
+        hz: f32,
+        /// Amplitude as a share of full scale.
+        level: f32,
+    },
     /// A WAV file (16-bit PCM, any rate, mono or stereo), looped.
     Wav(PathBuf),
     /// Digital silence.
@@ -236,6 +241,7 @@ pub mod opus_codec {
     pub struct Encoder(opus::Encoder);
 
     impl Encoder {
+        /// An encoder at 32 kbit/s with in-band FEC.
         pub fn new() -> Result<Self, String> {
             let mut e = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip).map_err(|e| e.to_string())?;
             e.set_bitrate(opus::Bitrate::Bits(32_000)).map_err(|e| e.to_string())?;
@@ -257,6 +263,7 @@ pub mod opus_codec {
     }
 
     impl Decoder {
+        /// A mono decoder at 48 kHz.
         pub fn new() -> Result<Self, String> {
             let inner = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(|e| e.to_string())?;
             Ok(Decoder { inner, scratch: vec![0; FRAME_SAMPLES * 6] })

@@ -219,29 +219,41 @@
 //! | [`wire`] | the frames of the protocol, strict parsing whose errors name the field |
 //! | [`signaling`] | a session over any `Sink`/`Stream` of frames: `seq`, answers, event routing, timeouts |
 //! | [`media`] | the browser-like calls as a trait; webrtc-rs behind it; SDP read and written |
-//! | [`steps`] | the typestates |
+//! | `steps` | the typestates ([`MediaReady`] … [`S2Accepted`]) |
+//! | `call` | [`Connected`]: the call's task, its audio and its events |
 //! | [`transcript`] | the record of a join, and its redaction |
 //! | [`spec`] | the seed's table as data, and the checker |
 //! | [`audio`] | sources, WAV, Opus, tone analysis |
 //! | [`testing`] | a scripted core for sequence tests |
-//! | `core` (feature `core`, on by default) | the reference core: the server side with real media |
+//! | `core` (feature `core`) | the reference core: the server side with real media |
+//!
+//! ## Panics, errors and peer input
+//!
+//! Everything the core or the network sends is input: a frame that cannot be used is an
+//! [`Error`] (or, in the call, a [`CallEvent::Malformed`]) naming the field and the reason, never
+//! a panic. A panic in this crate is a bug in it; the few `expect`s that remain state the
+//! invariant that makes them unreachable.
+
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audio;
 mod call;
 #[cfg(feature = "core")]
+#[cfg_attr(docsrs, doc(cfg(feature = "core")))]
 pub mod core;
-pub mod error;
+mod error;
 pub mod media;
 pub mod signaling;
 pub mod spec;
-pub mod steps;
+mod steps;
 pub mod testing;
 pub mod transcript;
 pub mod wire;
 
 pub use audio::AudioSource;
 pub use call::{CallEvent, Connected};
-pub use error::{Cause, Error, JoinError, Result, Stage};
+pub use error::{Cause, Error, JoinError, Result, Source, Stage};
 pub use signaling::{Party, Session, Timeouts};
 pub use steps::{MediaReady, Offered, S1Accepted, S2Accepted};
 pub use transcript::{Render, Transcript};

@@ -25,8 +25,13 @@ use crate::wire::{self, Answer, ClusterId, Command, Event, Incoming, Loaded, Par
 /// What a transport yields: a text frame, or the end of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
+    /// A text frame.
     Text(String),
-    Closed { reason: String },
+    /// The connection ended.
+    Closed {
+        /// The close code and reason, or the error that ended it.
+        reason: String,
+    },
 }
 
 /// Any duplex channel of text frames: a WebSocket, or an in-memory scripted core.
@@ -133,6 +138,7 @@ impl Session {
         self.transcript.clone()
     }
 
+    /// The session's timeouts.
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
     }
@@ -452,12 +458,15 @@ pub struct Party {
 }
 
 impl Party {
+    /// One's own party (`SVPartyID`).
     pub fn id(&self) -> PartyId {
         self.loaded.party
     }
+    /// What `cd.load` said.
     pub fn loaded(&self) -> &Loaded {
         &self.loaded
     }
+    /// The session's transcript.
     pub fn transcript(&self) -> Transcript {
         self.session.transcript()
     }

@@ -40,8 +40,11 @@ pub enum Expect {
 /// One row of the seed's table.
 #[derive(Debug, Clone, Copy)]
 pub struct StepSpec {
+    /// The step's number, 1–19.
     pub number: u8,
+    /// Where it happens: the WebSocket, the media layer, or on our side only.
     pub side: Side,
+    /// Whether we act (`<`) or wait (`>`).
     pub dir: Dir,
     /// The row, in words.
     pub text: &'static str,
@@ -144,8 +147,11 @@ pub fn step(number: u8) -> &'static StepSpec {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("transcript entry {index} (step {step}): {reason}")]
 pub struct Deviation {
+    /// The entry's index in the transcript.
     pub index: usize,
+    /// The entry's step.
     pub step: u8,
+    /// What is wrong, in words.
     pub reason: String,
 }
 

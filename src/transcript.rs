@@ -55,19 +55,48 @@ pub enum Routing {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum What {
     /// A frame we sent, exactly as sent.
-    Sent { frame: String },
+    Sent {
+        /// The frame's text.
+        frame: String,
+    },
     /// A frame we received, exactly as received, and what we made of it.
-    Received { frame: String, routing: Routing },
+    Received {
+        /// The frame's text.
+        frame: String,
+        /// What was made of it.
+        routing: Routing,
+    },
     /// An event that arrived early (recorded then as [`Routing::Early`]), used now.
-    Kept { name: String, from_step: u8 },
+    Kept {
+        /// The event's name.
+        name: String,
+        /// The step it arrived in.
+        from_step: u8,
+    },
     /// A call we made (`<` in the seed).
-    Call { name: String, detail: String },
+    Call {
+        /// The call, as the seed names it.
+        name: String,
+        /// Its arguments, in words (or an SDP).
+        detail: String,
+    },
     /// A result we waited for (`>` in the seed).
-    Returned { name: String, detail: String },
+    Returned {
+        /// The call, as the seed names it.
+        name: String,
+        /// What it gave, in words (or an SDP).
+        detail: String,
+    },
     /// The step failed; the error as the application sees it.
-    Failed { error: String },
+    Failed {
+        /// The error's sentence.
+        error: String,
+    },
     /// The WebSocket closed.
-    Closed { reason: String },
+    Closed {
+        /// The close code and reason, or what ended the connection.
+        reason: String,
+    },
 }
 
 /// One line of the transcript.
@@ -75,10 +104,12 @@ pub enum What {
 pub struct Entry {
     /// The step of the seed's table (1–19); 0 before the sequence (open, load), 20 after it.
     pub step: u8,
+    /// Where it happened.
     pub side: Side,
     /// Milliseconds since the transcript started.
     pub at_ms: f64,
     #[serde(flatten)]
+    /// What happened.
     pub what: What,
 }
 
@@ -129,6 +160,7 @@ pub enum Render {
 }
 
 impl Transcript {
+    /// An empty transcript; its clock starts now.
     pub fn new() -> Self {
         Transcript(Arc::new(Mutex::new(Inner {
             start: Instant::now(),

@@ -49,6 +49,7 @@ pub struct FakeMedia {
 }
 
 impl FakeMedia {
+    /// A fake that works, hears silence, and its probe.
     pub fn new() -> (Self, FakeProbe) {
         let probe = FakeProbe::default();
         (

@@ -19,8 +19,11 @@ pub use rtc::{RtcMedia, RtcOptions};
 /// An ICE server for the PeerConnection, from `conf.webrtc.servdesc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IceServer {
+    /// `turn:`/`stun:` URL.
     pub url: String,
+    /// TURN user name; empty when none.
     pub username: String,
+    /// TURN password; empty when none.
     pub credential: String,
 }
 

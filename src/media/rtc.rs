@@ -82,6 +82,7 @@ impl RtcOptions {
 }
 
 impl RtcMedia {
+    /// The media layer with these options.
     pub fn new(options: RtcOptions) -> Self {
         RtcMedia { options, local: None, pc: None, track: None, remote_rx: None, remote: None, state: None, tasks: Vec::new() }
     }

@@ -2,9 +2,8 @@
 //! process; prints join times per step (p50/p95/p99), the core's and the SDK's CPU and memory per
 //! party, and whether a sample of parties hears the speakers. Writes the same figures as JSON.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use callme::audio::tone_share;
@@ -13,6 +12,7 @@ use callme::{AudioSource, ClusterId, Connected, SchemeId, Session};
 use clap::Args;
 use serde_json::json;
 
+use crate::child::{self, CoreChild};
 use crate::steps;
 
 #[derive(Args)]
@@ -36,17 +36,10 @@ pub struct BenchArgs {
 
 const TONES: [f32; 6] = [440.0, 660.0, 880.0, 1100.0, 1320.0, 1540.0];
 
-/// CPU seconds (user + system) and resident memory of a process, from /proc.
+/// CPU seconds (user + system) and resident memory (MiB) of a process.
 fn proc_usage(pid: u32) -> (f64, f64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).unwrap_or(0.0);
-    (cpu / ticks, rss_kb / 1024.0)
+    let u = child::proc_usage(pid);
+    (u.cpu_s, u.rss_mib)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -85,27 +78,14 @@ async fn join_one(ws: String, i: usize, tone: Option<f32>) -> Result<Joined, Str
 pub async fn run(a: BenchArgs) -> ExitCode {
     let n = a.parties.max(1);
     let speakers = a.speakers.min(n).min(TONES.len());
-    let exe = std::env::current_exe().expect("the running binary");
-    let mut child = match Command::new(exe)
-        .args(["core", "--listen", "127.0.0.1:0", "--media-port", "0"])
-        .env("CALLME_MEDIA_TIMEOUT_MS", "30000")
-        .stdout(Stdio::piped())
-        .spawn()
-    {
+    let core = match CoreChild::spawn(Duration::from_millis(500), &[("CALLME_MEDIA_TIMEOUT_MS", "30000")]) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("callme bench: cannot start the core: {e}");
+            eprintln!("callme bench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let pid = child.id();
-    let mut line = String::new();
-    let _ = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
-    let Some(ws) = line.split_whitespace().skip_while(|w| *w != "ws").nth(1).map(str::to_owned) else {
-        eprintln!("callme bench: the core did not report its address: {line:?}");
-        let _ = child.kill();
-        return ExitCode::FAILURE;
-    };
+    let (pid, ws) = (core.pid, core.ws.clone());
     println!("callme bench: {n} parties ({speakers} speaking) join conference 7 on a core in process {pid} ({ws})");
     let me = std::process::id();
     let (core_cpu0, core_rss0) = proc_usage(pid);
@@ -244,8 +224,7 @@ pub async fn run(a: BenchArgs) -> ExitCode {
     for j in joined {
         j.call.leave().await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(core);
     if failures.is_empty() && sample_ok == sample_report.len() {
         ExitCode::SUCCESS
     } else {

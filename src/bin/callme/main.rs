@@ -1,6 +1,8 @@
 //! `callme`: join a conference, run the reference core, see the join step by step, measure it.
 
 mod bench;
+mod child;
+mod soak;
 mod steps;
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ enum Command {
     Core(CoreArgs),
     /// Join N parties to one conference on a core in a child process and print the figures.
     Bench(bench::BenchArgs),
+    /// Join/leave churn against a core in a child process: its memory, files, threads and tasks.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args)]
@@ -97,6 +101,9 @@ struct CoreArgs {
     /// The address announced in servufrag.
     #[arg(long)]
     announce: Option<std::net::IpAddr>,
+    /// Print a line of counts (sessions, parties, tasks) on stdout every this many milliseconds.
+    #[arg(long)]
+    report_ms: Option<u64>,
 }
 
 /// The exit code for a failure: the failing step (1–19), 30 for opening or cd.load, 40 in the call.
@@ -303,7 +310,25 @@ async fn run_core(a: CoreArgs) -> ExitCode {
     eprintln!("callme core: configuration {effective}");
     // One line a parent process can read the addresses from.
     println!("callme core: ws {} http {} media {}", core.ws_url, core.http_url, core.media_addr);
-    let _ = tokio::signal::ctrl_c().await;
+    if let Some(ms) = a.report_ms.filter(|ms| *ms > 0) {
+        let mut every = tokio::time::interval(Duration::from_millis(ms));
+        let stop = tokio::signal::ctrl_c();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = every.tick() => {
+                    let s = core.stats();
+                    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+                    let counts = serde_json::json!({"sessions": s.sessions, "conferences": s.conferences, "parties": s.parties,
+                        "parties_with_media": s.parties_with_media, "tasks": tasks});
+                    println!("{}{counts}", child::REPORT);
+                }
+            }
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
     core.stop().await;
     ExitCode::SUCCESS
 }
@@ -321,6 +346,7 @@ fn main() -> ExitCode {
             Command::Join(a) => join(a).await,
             Command::Core(a) => run_core(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Soak(a) => soak::run(a).await,
         }
     })
 }
