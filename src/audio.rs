@@ -19,6 +19,7 @@ pub type Frame = Vec<i16>;
 
 /// What a party sends: the seed's "local microphone stream".
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AudioSource {
     /// A sine tone at `hz`, at `level` of full scale (0.0–1.0).
     Tone {

@@ -24,6 +24,7 @@ use crate::wire::{self, Answer, ClusterId, Command, Event, Incoming, Loaded, Par
 
 /// What a transport yields: a text frame, or the end of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Inbound {
     /// A text frame.
     Text(String),
@@ -40,6 +41,7 @@ impl<T> Transport for T where T: Sink<String, Error = String> + Stream<Item = In
 
 /// How long each kind of wait may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// Opening the WebSocket.
     pub open: Duration,
@@ -49,6 +51,29 @@ pub struct Timeouts {
     pub event: Duration,
     /// A media call, and the remote track (step 18).
     pub media: Duration,
+}
+
+impl Timeouts {
+    /// With this time for opening the WebSocket.
+    pub fn with_open(mut self, d: Duration) -> Self {
+        self.open = d;
+        self
+    }
+    /// With this time for an answer.
+    pub fn with_answer(mut self, d: Duration) -> Self {
+        self.answer = d;
+        self
+    }
+    /// With this time for an event the sequence waits for.
+    pub fn with_event(mut self, d: Duration) -> Self {
+        self.event = d;
+        self
+    }
+    /// With this time for a media call and the remote track.
+    pub fn with_media(mut self, d: Duration) -> Self {
+        self.media = d;
+        self
+    }
 }
 
 impl Default for Timeouts {

@@ -13,6 +13,7 @@ use crate::transcript::{Entry, Routing, Side, What};
 
 /// Which way a row goes, in the seed's notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Dir {
     /// `<`: a call we make.
     Call,
@@ -24,6 +25,7 @@ pub enum Dir {
 
 /// What one transcript entry of a step must look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Expect {
     /// A frame sent with this `cmd`.
     Send(&'static str),
@@ -157,6 +159,7 @@ pub struct Deviation {
 
 /// How the join the transcript records ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Every step up to 19 was performed.
     Connected,

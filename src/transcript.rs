@@ -17,6 +17,7 @@ use serde::Serialize;
 /// Where a transcript entry happened: the seed's column "side".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Side {
     /// The WebSocket to the core.
     Ws,
@@ -29,6 +30,7 @@ pub enum Side {
 /// Why a received frame did or did not advance the sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Routing {
     /// The answer the step was waiting for.
     Answer,
@@ -53,6 +55,7 @@ pub enum Routing {
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum What {
     /// A frame we sent, exactly as sent.
     Sent {
@@ -152,6 +155,7 @@ impl Default for Transcript {
 
 /// How [`Transcript::render`] prints values that differ from run to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Render {
     /// As recorded, with times.
     Full,

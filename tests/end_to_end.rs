@@ -260,10 +260,10 @@ async fn callme_s1_again_replaces_the_running_media_session() {
 async fn a_join_that_fails_in_the_media_leaves_no_party_connecting_in_the_core() {
     let core = start_core().await;
     // Relay-only with no TURN server: no candidate, so ICE never starts and step 18 times out.
-    let timeouts = callme::Timeouts { media: Duration::from_secs(2), ..Default::default() };
+    let timeouts = callme::Timeouts::default().with_media(Duration::from_secs(2));
     let party = Session::connect_with(&core.ws_url, timeouts).await.unwrap().load(ClusterId(1), SchemeId(7), "stuck").await.unwrap();
     let transcript = party.transcript();
-    let media = RtcMedia::new(RtcOptions { relay_only: true, ..RtcOptions::loopback_only() });
+    let media = RtcMedia::new(RtcOptions::loopback_only().relay_only(true));
     let err = party.join_with(media, AudioSource::tone(440.0)).await.err().expect("the join fails");
     assert_eq!(err.step(), Some(18), "{err}");
     assert!(err.to_string().contains("timed out after 2s waiting for ontrack"), "{err}");

@@ -66,7 +66,7 @@ async fn start_core(turn_port: u16, secret: &str) -> CoreHandle {
 
 async fn join(core: &CoreHandle, name: &str, hz: f32, relay_only: bool) -> Result<Connected, callme::Error> {
     let party = Session::connect(&core.ws_url).await?.load(ClusterId(1), SchemeId(7), name).await?;
-    let options = RtcOptions { relay_only, loopback_only: !relay_only, ..Default::default() };
+    let options = RtcOptions::default().relay_only(relay_only).with_loopback_only(!relay_only);
     Ok(party.join_with(RtcMedia::new(options), AudioSource::tone(hz)).await?)
 }
 

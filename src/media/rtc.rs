@@ -39,6 +39,7 @@ use crate::audio::{AudioSource, Frame, LocalAudio, FRAME_DURATION};
 
 /// Choices for the real media layer.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RtcOptions {
     /// Use only relayed (TURN) candidates, as `iceTransportPolicy: "relay"`.
     pub relay_only: bool,
@@ -75,6 +76,24 @@ impl Default for RtcMedia {
 }
 
 impl RtcOptions {
+    /// With relayed (TURN) candidates only, or not.
+    pub fn relay_only(mut self, on: bool) -> Self {
+        self.relay_only = on;
+        self
+    }
+
+    /// Gathering only loopback candidates, or not.
+    pub fn with_loopback_only(mut self, on: bool) -> Self {
+        self.loopback_only = on;
+        self
+    }
+
+    /// Offering this Opus payload type.
+    pub fn with_opus_pt(mut self, pt: u8) -> Self {
+        self.opus_pt = pt;
+        self
+    }
+
     /// Only loopback candidates: for a core on this machine.
     pub fn loopback_only() -> Self {
         RtcOptions { loopback_only: true, ..Default::default() }

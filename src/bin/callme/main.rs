@@ -144,7 +144,7 @@ async fn join(a: JoinArgs) -> ExitCode {
         transcript = session.transcript();
         let party = session.load(ClusterId(a.cluster), SchemeId(a.scheme), &a.name).await?;
         steps::loaded(&party, t.elapsed()).print(&a.name);
-        let options = RtcOptions { relay_only: a.relay, loopback_only: is_loopback_url(&a.url), ..Default::default() };
+        let options = RtcOptions::default().relay_only(a.relay).with_loopback_only(is_loopback_url(&a.url));
         let call = steps::join(party, RtcMedia::new(options), source, |row| row.print(&a.name)).await?;
         let listen = Duration::from_secs_f64(a.seconds.max(0.0));
         println!("  listening for {:.1} s ...", listen.as_secs_f64());
