@@ -132,12 +132,15 @@
 //! | [`audio`] | sources, WAV, Opus, tone analysis |
 //! | [`testing`] | a scripted core for sequence tests |
 //! | `core` (feature `core`, on by default) | the reference core: the server side with real media |
+//! | `netem` (feature `core`) | a UDP relay on loopback for tests: a 1:1 NAT in front of the core, with injection |
 
 pub mod audio;
 #[cfg(feature = "core")]
 pub mod core;
 pub mod error;
 pub mod media;
+#[cfg(feature = "core")]
+pub mod netem;
 pub mod signaling;
 pub mod spec;
 pub mod steps;

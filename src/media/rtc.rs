@@ -19,6 +19,7 @@ use webrtc::api::media_engine::{MediaEngine as RtcMediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_network::UDPNetwork;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
@@ -32,6 +33,7 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
+use super::guard::{GuardedMux, SsrcBudget};
 use super::sdp::{EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use super::{IceServer, MediaEngine};
 use crate::audio::opus_codec;
@@ -129,10 +131,21 @@ impl MediaEngine for RtcMedia {
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(text)?;
         let mut settings = SettingEngine::default();
         settings.set_include_loopback_candidate(self.options.loopback || self.options.loopback_only);
-        if self.options.loopback_only {
-            settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
-            settings.set_network_types(vec![NetworkType::Udp4]);
-        }
+        // One UDP socket of the call's own behind the datagram guard (`super::guard`): nothing
+        // webrtc-rs cannot parse safely reaches it. It is bound to every interface (or to
+        // loopback only) and offered as one host candidate: the core is ICE-lite, so the checks
+        // always start here and leave by the kernel's route whatever address the candidate
+        // names. TURN relay candidates, when asked for, keep sockets of their own.
+        let bind: std::net::SocketAddr = if self.options.loopback_only { "127.0.0.1:0" } else { "0.0.0.0:0" }.parse().map_err(text)?;
+        let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| format!("the media socket {bind}: {e}"))?;
+        settings.set_udp_network(UDPNetwork::Muxed(GuardedMux::over_socket(Arc::new(socket), SsrcBudget::default())));
+        settings.set_network_types(vec![NetworkType::Udp4]);
+        let loopback_only = self.options.loopback_only;
+        let chosen = std::sync::Mutex::new(None::<std::net::IpAddr>);
+        settings.set_ip_filter(Box::new(move |ip| {
+            let mut chosen = chosen.lock().unwrap_or_else(|p| p.into_inner());
+            ip.is_ipv4() && (ip.is_loopback() || !loopback_only) && *chosen.get_or_insert(ip) == ip
+        }));
         let api = APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(settings).build();
         let config = RTCConfiguration {
             ice_servers: ice_servers
