@@ -247,7 +247,7 @@ impl PartyMedia {
         pc.on_track(Box::new(move |remote, _receiver, _transceiver| {
             let mixer = packets.clone();
             let last = last.clone();
-            let watch = ReaderWatch(Some(failed_tx.clone()));
+            let reader = ReaderWatch(Some(failed_tx.clone()));
             tokio::spawn(async move {
                 let failure = loop {
                     match remote.read_rtp().await {
@@ -258,7 +258,7 @@ impl PartyMedia {
                         Err(e) => break guard::reader_failure(&e),
                     }
                 };
-                watch.finish(failure);
+                reader.finish(failure);
             });
             Box::pin(async {})
         }));
