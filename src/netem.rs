@@ -141,7 +141,8 @@ impl Relay {
     /// Sends `datagram` to the core from `client`'s inside address, as if the client sent it.
     pub async fn inject_to_core(&self, client: SocketAddr, datagram: &[u8]) -> io::Result<()> {
         let socket = self.inner.mappings.lock().unwrap_or_else(|p| p.into_inner()).get(&client).cloned();
-        let socket = socket.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no client {client} has sent through the relay")))?;
+        let socket =
+            socket.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no client {client} has sent through the relay")))?;
         socket.send_to(datagram, self.inner.target).await?;
         self.inner.counters.injected.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -416,9 +416,16 @@ impl SharedStats {
 
 /// What the mixer's thread is told, on the control channel (read before any packet).
 enum Control {
-    Add { party: PartyId, out: mpsc::Sender<Bytes> },
-    Remove { party: PartyId },
-    Connected { party: PartyId },
+    Add {
+        party: PartyId,
+        out: mpsc::Sender<Bytes>,
+    },
+    Remove {
+        party: PartyId,
+    },
+    Connected {
+        party: PartyId,
+    },
     /// A packet is queued while the mixer sleeps.
     Wake,
 }
@@ -459,7 +466,13 @@ impl Mixer {
         let (control, control_rx) = std::sync::mpsc::channel();
         let (packets, packets_rx) = std::sync::mpsc::sync_channel(config.packet_queue.max(1));
         let stats = Arc::new(SharedStats::default());
-        let channels = Arc::new(Channels { control, packets, idle: AtomicBool::new(true), stats: stats.clone(), send_queue: config.send_queue.max(1) });
+        let channels = Arc::new(Channels {
+            control,
+            packets,
+            idle: AtomicBool::new(true),
+            stats: stats.clone(),
+            send_queue: config.send_queue.max(1),
+        });
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("the mixer needs a tokio runtime: {e}"))?;
         let weak = Arc::downgrade(&channels);
         std::thread::Builder::new()

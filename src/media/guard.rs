@@ -449,7 +449,8 @@ impl UDPMux for GuardedMux {
 /// PeerConnection or the track closed), otherwise a sentence for the media failure.
 pub fn reader_failure(e: &webrtc::Error) -> Option<String> {
     let text = e.to_string();
-    let clean = matches!(e, webrtc::Error::ErrClosedPipe | webrtc::Error::ErrConnectionClosed) || text.to_ascii_lowercase().contains("closed");
+    let clean =
+        matches!(e, webrtc::Error::ErrClosedPipe | webrtc::Error::ErrConnectionClosed) || text.to_ascii_lowercase().contains("closed");
     (!clean).then(|| format!("the RTP reader stopped: {text}"))
 }
 
@@ -484,10 +485,7 @@ mod tests {
 
     #[test]
     fn the_overlong_extension_packet_is_rejected_naming_its_element() {
-        assert_eq!(
-            check_datagram(&OVERLONG_EXTENSION),
-            Err(Rejected::ExtensionElementOverrun { id: 1, offset: 16, claimed: 17, end: 20 })
-        );
+        assert_eq!(check_datagram(&OVERLONG_EXTENSION), Err(Rejected::ExtensionElementOverrun { id: 1, offset: 16, claimed: 17, end: 20 }));
         let text = check_datagram(&OVERLONG_EXTENSION).unwrap_err().to_string();
         assert!(text.contains("element id 1") && text.contains("16"), "{text}");
     }
