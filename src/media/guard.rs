@@ -602,4 +602,11 @@ mod tests {
         assert_eq!(open.handle_datagram(Datagram::Rtcp { ssrc: 3 }), Ok(()));
         assert_eq!(open.handle_datagram(Datagram::Stun), Ok(()));
     }
+    #[test]
+    fn a_reader_closed_with_its_connection_is_clean_and_any_other_error_a_failure() {
+        assert_eq!(reader_failure(&webrtc::Error::ErrClosedPipe), None);
+        assert_eq!(reader_failure(&webrtc::Error::ErrConnectionClosed), None);
+        let failure = reader_failure(&webrtc::Error::ErrInterceptorNotBind).expect("a failure");
+        assert!(failure.starts_with("the RTP reader stopped: "), "{failure}");
+    }
 }
