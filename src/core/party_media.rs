@@ -329,6 +329,14 @@ impl PartyMedia {
 
     /// Stops every task and closes the PeerConnection (its ufrag leaves the shared port).
     pub async fn close(mut self) {
+        if self.guard.dropped() > 0 {
+            tracing::info!(
+                passed = self.guard.passed(),
+                dropped = self.guard.dropped(),
+                last = %self.guard.last_rejection().map(|r| r.to_string()).unwrap_or_default(),
+                "the datagram guard dropped datagrams from this party's address"
+            );
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }
