@@ -225,6 +225,7 @@
 //! | [`spec`] | the seed's table as data, and the checker |
 //! | [`audio`] | sources, WAV, Opus, tone analysis |
 //! | [`testing`] | a scripted core for sequence tests |
+//! | `netem` (feature `core`) | a UDP relay on loopback for tests: a 1:1 NAT in front of the core, with injection |
 //! | `core` (feature `core`) | the reference core: the server side with real media |
 //!
 //! ## Panics, errors and peer input
@@ -244,6 +245,8 @@ mod call;
 pub mod core;
 mod error;
 pub mod media;
+#[cfg(feature = "core")]
+pub mod netem;
 pub mod signaling;
 pub mod spec;
 mod steps;

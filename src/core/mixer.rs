@@ -6,12 +6,15 @@
 //! own frame, encoded by its own encoder; everyone else receives the whole sum, encoded once and
 //! shared. So the cost of a tick grows with the number of speakers, not of listeners.
 //!
-//! [`MixerCore`] is the pure part (no clock, no IO): the tests drive it tick by tick. [`run`] is
-//! the task that feeds it packets, ticks it every 20 ms and writes its output to the parties'
-//! tracks.
+//! [`MixerCore`] is the pure part (no clock, no IO): the tests drive it tick by tick. [`Mixer`]
+//! runs it on a thread of its own: control messages first, then the packets, a tick every 20 ms
+//! while any party's media is connected (none at all otherwise), and each party's output handed
+//! to that party's send task without waiting for it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -171,11 +174,47 @@ struct Slot {
     hang: u32,
     concealed: u32,
     frame: Vec<i16>,
+    /// Decoded samples not yet mixed: a packet of 40 or 60 ms feeds two or three ticks, two
+    /// packets of 10 ms feed one.
+    pending: Vec<i16>,
+    /// Scratch for one decode.
+    decoded: Vec<i16>,
 }
 
 impl Slot {
     fn speaking(&self) -> bool {
         self.hang > 0
+    }
+
+    /// Decodes from the jitter buffer until a whole frame is pending or nothing is due: packets
+    /// of any Opus duration (2.5 to 120 ms) are played at their length. A lost packet, or a
+    /// missing one while the party speaks, is concealed (PLC) for what the frame still lacks.
+    fn fill(&mut self) {
+        while self.pending.len() < FRAME_SAMPLES {
+            let lacking = FRAME_SAMPLES - self.pending.len();
+            match self.jitter.pop() {
+                Pop::Packet(p) => {
+                    self.concealed = 0;
+                    if self.decoder.decode_into(Some(&p), &mut self.decoded).is_ok() {
+                        self.pending.extend_from_slice(&self.decoded);
+                    }
+                }
+                Pop::Lost if self.concealed < MAX_CONCEALED => self.conceal(lacking),
+                Pop::Empty if self.speaking() && self.concealed < MAX_CONCEALED => {
+                    self.conceal(lacking);
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn conceal(&mut self, lacking: usize) {
+        self.concealed += 1;
+        if self.decoder.decode_into(None, &mut self.decoded).is_ok() {
+            let n = self.decoded.len().min(lacking);
+            self.pending.extend_from_slice(&self.decoded[..n]);
+        }
     }
 }
 
@@ -210,6 +249,8 @@ impl MixerCore {
             hang: 0,
             concealed: 0,
             frame: vec![0; FRAME_SAMPLES],
+            pending: Vec::with_capacity(FRAME_SAMPLES * 7),
+            decoded: Vec::with_capacity(FRAME_SAMPLES * 6),
         };
         self.slots.insert(party, slot);
         Ok(())
@@ -244,25 +285,11 @@ impl MixerCore {
         self.mix.clear();
         self.mix.resize(FRAME_SAMPLES, 0);
         for slot in self.slots.values_mut() {
-            let decoded = match slot.jitter.pop() {
-                Pop::Packet(p) => {
-                    slot.concealed = 0;
-                    slot.decoder.decode_into(Some(&p), &mut slot.frame)
-                }
-                Pop::Lost if slot.concealed < MAX_CONCEALED => {
-                    slot.concealed += 1;
-                    slot.decoder.decode_into(None, &mut slot.frame)
-                }
-                Pop::Empty if slot.speaking() && slot.concealed < MAX_CONCEALED => {
-                    slot.concealed += 1;
-                    slot.decoder.decode_into(None, &mut slot.frame)
-                }
-                _ => Err(String::new()),
-            };
-            if decoded.is_err() {
-                slot.frame.clear(); // silent this tick
-            }
-            slot.frame.resize(FRAME_SAMPLES, 0);
+            slot.fill();
+            let n = slot.pending.len().min(FRAME_SAMPLES);
+            slot.frame.clear();
+            slot.frame.extend(slot.pending.drain(..n));
+            slot.frame.resize(FRAME_SAMPLES, 0); // what is missing of the frame is silence
             slot.hang = if mean_power(&slot.frame) > SPEAKING_POWER { HANGOVER_FRAMES } else { slot.hang.saturating_sub(1) };
             if slot.speaking() {
                 for (m, &s) in self.mix.iter_mut().zip(&slot.frame) {
@@ -317,63 +344,297 @@ fn limit_and_encode(limiter: &mut Limiter, encoder: &mut Option<Encoder>, mix: &
     enc.encode(pcm).ok().map(Bytes::from)
 }
 
-/// What the mixer task is told.
-pub enum Input {
+/// How a mixer runs.
+#[derive(Debug, Clone)]
+pub struct MixerConfig {
+    /// A name for the mixer's thread (`mixer-<conference>`).
+    pub name: String,
+    /// Packets from the parties that wait for the next tick; beyond this they are dropped
+    /// (counted in [`MixerStats::packets_dropped`]).
+    pub packet_queue: usize,
+    /// A party's outgoing packets that wait for its send; beyond this a slow party's packets
+    /// are dropped (counted in [`MixerStats::sends_dropped`]) and the tick goes on.
+    pub send_queue: usize,
+    /// A tick that starts this much after it was due counts as late.
+    pub late_after: Duration,
+}
+
+impl Default for MixerConfig {
+    fn default() -> Self {
+        MixerConfig { name: "mixer".into(), packet_queue: 4096, send_queue: 8, late_after: FRAME_DURATION / 2 }
+    }
+}
+
+/// What a mixer has done since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MixerStats {
+    /// Ticks run (each decodes, mixes and encodes one 20 ms frame).
+    pub ticks: u64,
+    /// Ticks that started later than [`MixerConfig::late_after`] after they were due.
+    pub late_ticks: u64,
+    /// Ticks left out to catch up after the thread was held up for more than two frames.
+    pub skipped_ticks: u64,
+    /// Packets from the parties taken into the mix.
+    pub packets: u64,
+    /// Packets from the parties dropped because the queue to the mixer was full.
+    pub packets_dropped: u64,
+    /// Outgoing packets dropped because a party's send queue was full.
+    pub sends_dropped: u64,
+    /// Parties in the mixer.
+    pub parties: u64,
+    /// Parties whose media is connected; while there are none the mixer does not tick.
+    pub connected: u64,
+}
+
+#[derive(Default)]
+struct SharedStats {
+    ticks: AtomicU64,
+    late_ticks: AtomicU64,
+    skipped_ticks: AtomicU64,
+    packets: AtomicU64,
+    packets_dropped: AtomicU64,
+    sends_dropped: AtomicU64,
+    parties: AtomicU64,
+    connected: AtomicU64,
+}
+
+impl SharedStats {
+    fn snapshot(&self) -> MixerStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MixerStats {
+            ticks: l(&self.ticks),
+            late_ticks: l(&self.late_ticks),
+            skipped_ticks: l(&self.skipped_ticks),
+            packets: l(&self.packets),
+            packets_dropped: l(&self.packets_dropped),
+            sends_dropped: l(&self.sends_dropped),
+            parties: l(&self.parties),
+            connected: l(&self.connected),
+        }
+    }
+}
+
+/// What the mixer's thread is told, on the control channel (read before any packet).
+enum Control {
     Add {
         party: PartyId,
-        track: Arc<TrackLocalStaticSample>,
+        out: mpsc::Sender<Bytes>,
     },
     Remove {
         party: PartyId,
     },
-    /// The party's DTLS is up: send it the current mix now rather than at the next tick, so its
-    /// first audio does not wait for the tick.
     Connected {
         party: PartyId,
     },
-    Packet {
-        party: PartyId,
-        seq: u16,
-        payload: Bytes,
-    },
+    /// A packet is queued while the mixer sleeps.
+    Wake,
 }
 
-/// The mixer task of one conference: runs until every sender is dropped.
-pub async fn run(mut rx: mpsc::Receiver<Input>) {
-    let mut core = MixerCore::default();
-    let mut tracks: HashMap<PartyId, Arc<TrackLocalStaticSample>> = HashMap::new();
-    let mut tick = tokio::time::interval(FRAME_DURATION);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            biased;
-            input = rx.recv() => match input {
-                None => return,
-                Some(Input::Add { party, track }) => {
-                    if core.add(party).is_ok() {
-                        tracks.insert(party, track);
-                    }
+/// One packet from a party, on the packet channel.
+struct Packet {
+    party: PartyId,
+    seq: u16,
+    payload: Bytes,
+}
+
+struct Channels {
+    control: std::sync::mpsc::Sender<Control>,
+    packets: std::sync::mpsc::SyncSender<Packet>,
+    idle: AtomicBool,
+    stats: Arc<SharedStats>,
+    send_queue: usize,
+}
+
+/// A conference's mixer: a handle to its thread, cheap to clone. The thread ticks every 20 ms
+/// while a party's media is connected and sleeps otherwise; it ends when the last handle is
+/// dropped.
+///
+/// Control messages ([`Mixer::add`], [`Mixer::remove`], [`Mixer::connected`]) go on an
+/// unbounded channel that the thread reads before packets, so they are never lost behind media.
+/// Packets ([`Mixer::packet`]) go on a bounded one and are dropped when it is full. Each
+/// party's output goes to a task of its own that awaits `write_sample`; the thread hands it a
+/// packet without waiting and drops it if that party's queue is full.
+#[derive(Clone)]
+pub struct Mixer {
+    channels: Arc<Channels>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Mixer {
+    /// Starts a mixer's thread. Called within a tokio runtime: the parties' send tasks run on it.
+    pub fn spawn(config: MixerConfig) -> Result<Mixer, String> {
+        let (control, control_rx) = std::sync::mpsc::channel();
+        let (packets, packets_rx) = std::sync::mpsc::sync_channel(config.packet_queue.max(1));
+        let stats = Arc::new(SharedStats::default());
+        let channels = Arc::new(Channels {
+            control,
+            packets,
+            idle: AtomicBool::new(true),
+            stats: stats.clone(),
+            send_queue: config.send_queue.max(1),
+        });
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("the mixer needs a tokio runtime: {e}"))?;
+        let weak = Arc::downgrade(&channels);
+        std::thread::Builder::new()
+            .name(config.name.clone())
+            .spawn(move || Worker::new(config, stats, weak).run(control_rx, packets_rx))
+            .map_err(|e| format!("the mixer's thread: {e}"))?;
+        Ok(Mixer { channels, runtime })
+    }
+
+    /// Adds a party; from now on its track is sent the mix without itself.
+    pub fn add(&self, party: PartyId, track: Arc<TrackLocalStaticSample>) {
+        let (out, mut rx) = mpsc::channel::<Bytes>(self.channels.send_queue);
+        self.runtime.spawn(async move {
+            while let Some(data) = rx.recv().await {
+                let sample = Sample { data, duration: FRAME_DURATION, ..Default::default() };
+                if track.write_sample(&sample).await.is_err() {
+                    break;
                 }
-                Some(Input::Remove { party }) => {
-                    core.remove(party);
-                    tracks.remove(&party);
+            }
+        });
+        let _ = self.channels.control.send(Control::Add { party, out });
+    }
+
+    /// Removes a party (its send task ends).
+    pub fn remove(&self, party: PartyId) {
+        let _ = self.channels.control.send(Control::Remove { party });
+    }
+
+    /// The party's media is up: it is sent the current mix at once, and the mixer ticks.
+    pub fn connected(&self, party: PartyId) {
+        let _ = self.channels.control.send(Control::Connected { party });
+    }
+
+    /// A packet from a party, with its RTP sequence number; dropped if the queue is full.
+    pub fn packet(&self, party: PartyId, seq: u16, payload: Bytes) {
+        if self.channels.packets.try_send(Packet { party, seq, payload }).is_err() {
+            self.channels.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
+        } else if self.channels.idle.swap(false, Ordering::AcqRel) {
+            let _ = self.channels.control.send(Control::Wake);
+        }
+    }
+
+    /// What the mixer has done so far.
+    pub fn stats(&self) -> MixerStats {
+        self.channels.stats.snapshot()
+    }
+}
+
+/// The mixer's thread.
+struct Worker {
+    config: MixerConfig,
+    core: MixerCore,
+    outs: HashMap<PartyId, mpsc::Sender<Bytes>>,
+    connected: HashSet<PartyId>,
+    stats: Arc<SharedStats>,
+    channels: Weak<Channels>,
+}
+
+impl Worker {
+    fn new(config: MixerConfig, stats: Arc<SharedStats>, channels: Weak<Channels>) -> Self {
+        Worker { config, core: MixerCore::default(), outs: HashMap::new(), connected: HashSet::new(), stats, channels }
+    }
+
+    fn is_active(&self) -> bool {
+        !self.connected.is_empty()
+    }
+
+    fn handle_control(&mut self, c: Control) {
+        match c {
+            Control::Add { party, out } => {
+                if self.core.add(party).is_ok() {
+                    self.outs.insert(party, out);
                 }
-                Some(Input::Connected { party }) => {
-                    if let (Some(track), Some(packet)) = (tracks.get(&party), core.last_shared()) {
-                        let sample = Sample { data: packet, duration: FRAME_DURATION, ..Default::default() };
-                        let _ = track.write_sample(&sample).await;
-                    }
-                }
-                Some(Input::Packet { party, seq, payload }) => core.push(party, seq, payload),
-            },
-            _ = tick.tick() => {
-                for out in core.tick() {
-                    if let Some(track) = tracks.get(&out.party) {
-                        let sample = Sample { data: out.packet, duration: FRAME_DURATION, ..Default::default() };
-                        let _ = track.write_sample(&sample).await;
+            }
+            Control::Remove { party } => {
+                self.core.remove(party);
+                self.outs.remove(&party);
+                self.connected.remove(&party);
+            }
+            Control::Connected { party } => {
+                if let Some(out) = self.outs.get(&party) {
+                    self.connected.insert(party);
+                    if let Some(packet) = self.core.last_shared() {
+                        self.send(out.clone(), packet);
                     }
                 }
             }
+            Control::Wake => {}
+        }
+        self.stats.parties.store(self.core.len() as u64, Ordering::Relaxed);
+        self.stats.connected.store(self.connected.len() as u64, Ordering::Relaxed);
+    }
+
+    fn send(&self, out: mpsc::Sender<Bytes>, packet: Bytes) {
+        if out.try_send(packet).is_err() {
+            self.stats.sends_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn set_idle(&self, idle: bool) {
+        if let Some(c) = self.channels.upgrade() {
+            c.idle.store(idle, Ordering::Release);
+        }
+    }
+
+    fn run(mut self, control: std::sync::mpsc::Receiver<Control>, packets: std::sync::mpsc::Receiver<Packet>) {
+        let mut due = Instant::now();
+        loop {
+            // Control first, always.
+            loop {
+                match control.try_recv() {
+                    Ok(c) => self.handle_control(c),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            if !self.is_active() {
+                // Nothing connected: sleep until told something, at no cost.
+                self.set_idle(true);
+                while let Ok(p) = packets.try_recv() {
+                    self.core.push(p.party, p.seq, p.payload);
+                }
+                match control.recv() {
+                    Ok(c) => self.handle_control(c),
+                    Err(_) => return,
+                }
+                self.set_idle(false);
+                due = Instant::now();
+                continue;
+            }
+            let now = Instant::now();
+            if now < due {
+                match control.recv_timeout(due - now) {
+                    Ok(c) => self.handle_control(c),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                continue;
+            }
+            let late = now - due;
+            if late > self.config.late_after {
+                self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+            }
+            if late > FRAME_DURATION * 2 {
+                // Held up (a loaded machine): play on from now rather than bursting to catch up.
+                let skipped = (late.as_micros() / FRAME_DURATION.as_micros()) as u64;
+                self.stats.skipped_ticks.fetch_add(skipped, Ordering::Relaxed);
+                due = now;
+            }
+            due += FRAME_DURATION;
+            let mut taken = 0;
+            while let Ok(p) = packets.try_recv() {
+                self.core.push(p.party, p.seq, p.payload);
+                taken += 1;
+            }
+            self.stats.packets.fetch_add(taken, Ordering::Relaxed);
+            for out in self.core.tick() {
+                if let Some(tx) = self.outs.get(&out.party) {
+                    self.send(tx.clone(), out.packet);
+                }
+            }
+            self.stats.ticks.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -452,5 +713,108 @@ mod tests {
         let at_peak = out.iter().filter(|s| s.unsigned_abs() == peak).count();
         assert!(at_peak < 10, "{at_peak} samples sit at the peak: hard clipping");
         assert!(lim.gain() < 0.3);
+    }
+    /// Opus packets of `ms` milliseconds of a tone.
+    fn packets_of(hz: f32, ms: usize, total_ms: usize) -> Vec<Bytes> {
+        let mut src = AudioSource::tone(hz).open().unwrap();
+        let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let per = 48 * ms;
+        let mut pcm: Vec<i16> = Vec::new();
+        while pcm.len() < 48 * total_ms {
+            pcm.extend(src.next_frame());
+        }
+        pcm.chunks_exact(per).map(|c| Bytes::from(enc.encode_vec(c, 4000).unwrap())).collect()
+    }
+
+    #[test]
+    fn packets_of_10_40_and_60_ms_are_played_at_their_length() {
+        for ms in [10usize, 40, 60] {
+            let stream = packets_of(440.0, ms, 2000);
+            let mut mixer = MixerCore::default();
+            mixer.add(PartyId(1)).unwrap();
+            mixer.add(PartyId(2)).unwrap();
+            let mut decoder = Decoder::new().unwrap();
+            let mut heard = Vec::new();
+            let mut next = 0;
+            for t in 0..100 {
+                // The packets due by the end of this tick.
+                while next < stream.len() && next * ms < (t + 1) * 20 {
+                    mixer.push(PartyId(1), next as u16, stream[next].clone());
+                    next += 1;
+                }
+                for out in mixer.tick() {
+                    if out.party == PartyId(2) {
+                        heard.extend(decoder.decode(Some(&out.packet)).unwrap());
+                    }
+                }
+            }
+            let h = &heard[FRAME_SAMPLES * 10..FRAME_SAMPLES * 90];
+            let share = tone_share(h, 440.0);
+            assert!(share > 0.5, "{ms} ms packets: 440 Hz share {share}");
+            // No gaps: every frame after the start holds the tone.
+            for (i, f) in h.chunks(FRAME_SAMPLES).enumerate() {
+                assert!(mean_power(f) > SPEAKING_POWER, "{ms} ms packets: frame {i} is silent");
+            }
+        }
+    }
+
+    fn track() -> Arc<TrackLocalStaticSample> {
+        let codec = webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability {
+            mime_type: webrtc::api::media_engine::MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            ..Default::default()
+        };
+        Arc::new(TrackLocalStaticSample::new(codec, "mix".into(), "test".into()))
+    }
+
+    /// Polls `f` up to 200 times 10 ms.
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_mixer_sleeps_until_a_party_is_connected_and_again_when_none_is() {
+        let mixer = Mixer::spawn(MixerConfig::default()).unwrap();
+        mixer.add(PartyId(1), track());
+        mixer.add(PartyId(2), track());
+        assert!(eventually(|| mixer.stats().parties == 2).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(mixer.stats().ticks, 0, "no party connected: no tick");
+        mixer.connected(PartyId(1));
+        assert!(eventually(|| mixer.stats().ticks >= 5).await, "a connected party makes it tick: {:?}", mixer.stats());
+        mixer.remove(PartyId(1));
+        assert!(eventually(|| mixer.stats().connected == 0).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ticks = mixer.stats().ticks;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(mixer.stats().ticks, ticks, "none connected any more: no tick");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn control_messages_are_never_lost_behind_a_full_packet_queue() {
+        let mixer = Mixer::spawn(MixerConfig { packet_queue: 4, ..MixerConfig::default() }).unwrap();
+        // Idle, the mixer wakes for the first packet; flood it far past its queue meanwhile.
+        for seq in 0..1000u16 {
+            mixer.packet(PartyId(9), seq, Bytes::from_static(b"x"));
+        }
+        for p in 1..=50 {
+            mixer.add(PartyId(p), track());
+        }
+        for seq in 0..1000u16 {
+            mixer.packet(PartyId(9), seq, Bytes::from_static(b"x"));
+        }
+        for p in 1..=25 {
+            mixer.remove(PartyId(p));
+        }
+        mixer.connected(PartyId(30));
+        assert!(eventually(|| mixer.stats().parties == 25 && mixer.stats().connected == 1).await, "{:?}", mixer.stats());
+        assert!(mixer.stats().packets_dropped > 0, "the packet queue overflowed: {:?}", mixer.stats());
     }
 }

@@ -73,6 +73,11 @@ impl CoreHandle {
         self.shared.stats()
     }
 
+    /// Each running conference's mixer figures (ticks, late ticks, drops).
+    pub fn mixer_stats(&self) -> Vec<(ConfId, mixer::MixerStats)> {
+        self.shared.lock().confs.values().map(|c| (c.id, c.mixer.stats())).collect()
+    }
+
     /// Stops accepting, closes every session (close code 1001) and every media session.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -112,6 +117,7 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, String> {
         fingerprint: MediaEnv::fingerprint_of(&certificate),
         certificate,
         announce: config.announce.unwrap_or(media_addr.ip()),
+        bound: media_addr.ip(),
         port: media_addr.port(),
         media_timeout: config.media_timeout(),
     };
@@ -208,7 +214,7 @@ struct Conf {
     cluster: u64,
     scheme: u64,
     parties: BTreeMap<PartyId, PartyRec>,
-    mixer: mpsc::Sender<mixer::Input>,
+    mixer: mixer::Mixer,
 }
 
 struct PartyRec {
@@ -291,7 +297,7 @@ impl Shared {
             }
             let media = p.media.take_running();
             let session = p.session;
-            let _ = conf.mixer.try_send(mixer::Input::Remove { party });
+            conf.mixer.remove(party);
             (media, reg.sessions.get(&session).cloned(), cluster)
         };
         tracing::info!(%party, %reason, "media ended");
@@ -320,7 +326,7 @@ impl Shared {
                 let mut del = Vec::new();
                 for pid in gone {
                     let mut p = conf.parties.remove(&pid).expect("listed");
-                    let _ = conf.mixer.try_send(mixer::Input::Remove { party: pid });
+                    conf.mixer.remove(pid);
                     if let Some(m) = p.media.take_running() {
                         medias.push(m);
                     }
@@ -587,9 +593,9 @@ fn cmd_load(shared: &Shared, session: u64, c: &Cmd) -> Handled {
         None => {
             reg.next_conf += 1;
             let id = ConfId(reg.next_conf);
-            let (mixer_tx, mixer_rx) = mpsc::channel(4096);
-            tokio::spawn(mixer::run(mixer_rx));
-            reg.confs.insert(id, Conf { id, cluster, scheme, parties: BTreeMap::new(), mixer: mixer_tx });
+            let mixer = mixer::Mixer::spawn(mixer::MixerConfig { name: format!("mixer-{id}"), ..Default::default() })
+                .map_err(|e| refuse(code::MEDIA_FAILED, "media", format!("conference {id}: {e}")))?;
+            reg.confs.insert(id, Conf { id, cluster, scheme, parties: BTreeMap::new(), mixer });
             reg.by_scheme.insert((cluster, scheme), id);
             (id, true)
         }
@@ -656,7 +662,7 @@ async fn cmd_s1(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
         let old = p.media.take_running();
         p.media = MediaState::Offered { generation };
         if old.is_some() {
-            let _ = conf.mixer.try_send(mixer::Input::Remove { party });
+            conf.mixer.remove(party);
         }
         (old, conf.id, conf.cluster, party)
     };
@@ -721,7 +727,7 @@ async fn cmd_bye(shared: &Arc<Shared>, session: u64, c: &Cmd) -> Handled {
         let (conf, party) = own_party(&mut reg, session, c)?;
         let p = conf.parties.get_mut(&party).expect("checked");
         let m = p.media.take_running();
-        let _ = conf.mixer.try_send(mixer::Input::Remove { party });
+        conf.mixer.remove(party);
         m
     };
     if let Some(m) = media {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -21,6 +21,7 @@ use webrtc::dtls_transport::dtls_role::DTLSRole;
 use webrtc::ice::network_type::NetworkType;
 use webrtc::ice::udp_mux::UDPMux;
 use webrtc::ice::udp_network::UDPNetwork;
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::peer_connection::certificate::RTCCertificate;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -30,7 +31,8 @@ use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParam
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
 
-use super::mixer;
+use super::mixer::Mixer;
+use crate::media::guard::{self, GuardStats, GuardedMux, SsrcBudget, MAX_SSRCS};
 use crate::media::sdp::{self, OfferFacts, EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use crate::wire::{self, code, PartyId};
 
@@ -41,7 +43,11 @@ pub struct MediaEnv {
     pub certificate: RTCCertificate,
     /// `"sha-256 AB:..."` of the certificate.
     pub fingerprint: String,
+    /// The address clients are told (`servufrag`'s `addr`): the media socket's, or another that
+    /// reaches it (a 1:1 NAT's public address, a container's host).
     pub announce: IpAddr,
+    /// The IP the media socket is bound to (may be unspecified: every interface).
+    pub bound: IpAddr,
     pub port: u16,
     pub media_timeout: Duration,
 }
@@ -159,6 +165,7 @@ pub struct CoreIce {
 pub struct PartyMedia {
     pc: Arc<RTCPeerConnection>,
     tasks: Vec<JoinHandle<()>>,
+    guard: Arc<GuardStats>,
 }
 
 impl PartyMedia {
@@ -168,7 +175,7 @@ impl PartyMedia {
         env: &MediaEnv,
         party: PartyId,
         params: &OfferFacts,
-        mixer_tx: mpsc::Sender<mixer::Input>,
+        mixer: Mixer,
         ended: impl FnOnce(String) + Send + 'static,
     ) -> Result<(PartyMedia, CoreIce), String> {
         let opus = RTCRtpCodecCapability {
@@ -192,21 +199,20 @@ impl PartyMedia {
         }
         let mut settings = SettingEngine::default();
         settings.set_lite(true);
-        settings.set_udp_network(UDPNetwork::Muxed(env.mux.clone()));
+        // Every datagram from the party's address passes the guard before webrtc-rs parses it;
+        // RTP is admitted for the SSRC the party declared (when it did).
+        let guard = GuardedMux::over_mux(env.mux.clone(), SsrcBudget::new(params.ssrc, MAX_SSRCS));
+        let guard_stats = guard.stats();
+        settings.set_udp_network(UDPNetwork::Muxed(guard));
         settings.set_answering_dtls_role(DTLSRole::Server).map_err(|e| e.to_string())?;
-        settings.set_include_loopback_candidate(env.announce.is_loopback());
-        // The one candidate is the shared socket's address: no other interface, no IPv6 twin, so
-        // every check arrives on the candidate it was sent to.
-        let announce = env.announce;
-        settings.set_ip_filter(Box::new(move |ip| ip == announce));
-        settings.set_network_types(vec![if announce.is_ipv4() { NetworkType::Udp4 } else { NetworkType::Udp6 }]);
+        candidate_settings(&mut settings, env.bound, env.announce);
         let api = APIBuilder::new().with_media_engine(media).with_setting_engine(settings).build();
         let config = RTCConfiguration { certificates: vec![env.certificate.clone()], ..Default::default() };
         let pc = Arc::new(api.new_peer_connection(config).await.map_err(|e| e.to_string())?);
 
-        let result = Self::negotiate(env, party, params, &pc, opus, mixer_tx, ended).await;
+        let result = Self::negotiate(env, party, params, &pc, opus, mixer, ended).await;
         match result {
-            Ok((tasks, ice)) => Ok((PartyMedia { pc, tasks }, ice)),
+            Ok((tasks, ice)) => Ok((PartyMedia { pc, tasks, guard: guard_stats }, ice)),
             Err(e) => {
                 let _ = pc.close().await;
                 Err(e)
@@ -220,7 +226,7 @@ impl PartyMedia {
         params: &OfferFacts,
         pc: &Arc<RTCPeerConnection>,
         opus: RTCRtpCodecCapability,
-        mixer_tx: mpsc::Sender<mixer::Input>,
+        mixer: Mixer,
         ended: impl FnOnce(String) + Send + 'static,
     ) -> Result<(Vec<JoinHandle<()>>, CoreIce), String> {
         let mut tasks = Vec::new();
@@ -231,30 +237,36 @@ impl PartyMedia {
             while sender.read(&mut buf).await.is_ok() {}
         }));
 
-        // Incoming audio goes to the mixer; the time of the last packet feeds the supervisor.
+        // Incoming audio goes to the mixer; the time of the last packet feeds the supervisor, and
+        // a reader that stops for any reason but a clean close reports it at once.
         let started = Instant::now();
         let last_rx = Arc::new(AtomicU64::new(0));
         let last = last_rx.clone();
-        let packets_tx = mixer_tx.clone();
+        let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
+        let packets = mixer.clone();
         pc.on_track(Box::new(move |remote, _receiver, _transceiver| {
-            let tx = packets_tx.clone();
+            let mixer = packets.clone();
             let last = last.clone();
+            let reader = ReaderWatch(Some(failed_tx.clone()));
             tokio::spawn(async move {
-                while let Ok((packet, _)) = remote.read_rtp().await {
-                    last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    let input = mixer::Input::Packet { party, seq: packet.header.sequence_number, payload: packet.payload };
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(input) {
-                        return;
+                let failure = loop {
+                    match remote.read_rtp().await {
+                        Ok((packet, _)) => {
+                            last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            mixer.packet(party, packet.header.sequence_number, packet.payload);
+                        }
+                        Err(e) => break guard::reader_failure(&e),
                     }
-                }
+                };
+                reader.finish(failure);
             });
             Box::pin(async {})
         }));
         let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
-        let connected_tx = mixer_tx.clone();
+        let connected = mixer.clone();
         pc.on_peer_connection_state_change(Box::new(move |s| {
             if s == RTCPeerConnectionState::Connected {
-                let _ = connected_tx.try_send(mixer::Input::Connected { party });
+                connected.connected(party);
             }
             let _ = state_tx.send(s);
             Box::pin(async {})
@@ -272,7 +284,7 @@ impl PartyMedia {
         let facts = sdp::parse_offer(&local.sdp).map_err(|e| format!("the core's own answer: {e}"))?;
         let ice = CoreIce { ufrag: facts.ufrag, pwd: facts.pwd, fingerprint: env.fingerprint.clone() };
 
-        mixer_tx.send(mixer::Input::Add { party, track }).await.map_err(|_| "the conference's mixer has stopped".to_owned())?;
+        mixer.add(party, track);
 
         // The supervisor: the media ends when ICE/DTLS fail or nothing arrives for too long.
         let timeout = env.media_timeout;
@@ -290,8 +302,10 @@ impl PartyMedia {
                             _ => {}
                         }
                     }
+                    Some(failure) = failed_rx.recv() => break failure,
                     _ = check.tick() => {
-                        let idle = started.elapsed().as_millis() as u64 - last_rx.load(Ordering::Relaxed);
+                        // The reader stores its time on another thread: it may be a little ahead.
+                        let idle = (started.elapsed().as_millis() as u64).saturating_sub(last_rx.load(Ordering::Relaxed));
                         if idle > timeout.as_millis() as u64 {
                             break format!("no media from the party for {} ms", timeout.as_millis());
                         }
@@ -308,12 +322,74 @@ impl PartyMedia {
         self.pc.connection_state()
     }
 
+    /// What the datagram guard in front of this party's PeerConnection has passed and dropped.
+    pub fn guard(&self) -> Arc<GuardStats> {
+        self.guard.clone()
+    }
+
     /// Stops every task and closes the PeerConnection (its ufrag leaves the shared port).
     pub async fn close(mut self) {
+        if self.guard.dropped() > 0 {
+            tracing::info!(
+                passed = self.guard.passed(),
+                dropped = self.guard.dropped(),
+                last = %self.guard.last_rejection().map(|r| r.to_string()).unwrap_or_default(),
+                "the datagram guard dropped datagrams from this party's address"
+            );
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
+    }
+}
+
+/// Tells the supervisor how a media reader ended: with a failure (`finish(Some(..))`), cleanly
+/// (`finish(None)`), or, when it is dropped unfinished (its task panicked or was aborted), that
+/// it stopped without a reason.
+struct ReaderWatch(Option<mpsc::UnboundedSender<String>>);
+
+impl ReaderWatch {
+    fn finish(mut self, failure: Option<String>) {
+        if let (Some(tx), Some(f)) = (self.0.take(), failure) {
+            let _ = tx.send(f);
+        }
+    }
+}
+
+impl Drop for ReaderWatch {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send("the RTP reader stopped unexpectedly".to_owned());
+        }
+    }
+}
+
+/// The one host candidate: at the announced address, on the shared port.
+///
+/// webrtc-rs offers one candidate per local interface address that passes the IP filter, and
+/// with a 1:1 NAT mapping it writes the mapped address instead of the local one. When the
+/// announced address is not the socket's (a NAT's public address, or another loopback address
+/// forwarded to this one), no local interface has it: filtering on it alone leaves no
+/// candidate, so the ICE agent has nothing to answer checks on and the client's checks go
+/// unanswered. So the filter lets through the socket's own address (the first address of the
+/// announced family when the socket is bound to every interface), and the 1:1 mapping turns it
+/// into the announced one.
+fn candidate_settings(settings: &mut SettingEngine, bound: IpAddr, announce: IpAddr) {
+    let v4 = announce.is_ipv4();
+    settings.set_network_types(vec![if v4 { NetworkType::Udp4 } else { NetworkType::Udp6 }]);
+    settings.set_include_loopback_candidate(bound.is_loopback() || (bound.is_unspecified() && announce.is_loopback()));
+    if bound.is_unspecified() {
+        let chosen = Mutex::new(None::<IpAddr>);
+        settings.set_ip_filter(Box::new(move |ip| {
+            let mut chosen = chosen.lock().unwrap_or_else(|p| p.into_inner());
+            ip.is_ipv4() == v4 && *chosen.get_or_insert(ip) == ip
+        }));
+    } else {
+        settings.set_ip_filter(Box::new(move |ip| ip == bound));
+    }
+    if announce != bound {
+        settings.set_nat_1to1_ips(vec![announce.to_string()], RTCIceCandidateType::Host);
     }
 }
 

@@ -6,6 +6,7 @@
 //! the core's answer (step 15); neither the engine nor the SDP code knows about signaling.
 
 pub mod fake;
+pub mod guard;
 pub mod rtc;
 pub mod sdp;
 

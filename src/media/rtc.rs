@@ -19,6 +19,7 @@ use webrtc::api::media_engine::{MediaEngine as RtcMediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_network::UDPNetwork;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
@@ -32,6 +33,7 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
+use super::guard::{GuardedMux, SsrcBudget};
 use super::sdp::{EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use super::{IceServer, MediaEngine};
 use crate::audio::opus_codec;
@@ -66,6 +68,8 @@ pub struct RtcMedia {
     remote_rx: Option<mpsc::Receiver<Arc<TrackRemote>>>,
     remote: Option<Arc<TrackRemote>>,
     state: Option<watch::Receiver<RTCPeerConnectionState>>,
+    /// Set by the reader task when reading the remote track fails (not a clean close).
+    reader: (watch::Sender<Option<String>>, watch::Receiver<Option<String>>),
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -103,7 +107,17 @@ impl RtcOptions {
 impl RtcMedia {
     /// The media layer with these options.
     pub fn new(options: RtcOptions) -> Self {
-        RtcMedia { options, local: None, pc: None, track: None, remote_rx: None, remote: None, state: None, tasks: Vec::new() }
+        RtcMedia {
+            options,
+            local: None,
+            pc: None,
+            track: None,
+            remote_rx: None,
+            remote: None,
+            state: None,
+            reader: watch::channel(None),
+            tasks: Vec::new(),
+        }
     }
 
     fn opus_capability() -> RTCRtpCodecCapability {
@@ -149,10 +163,21 @@ impl MediaEngine for RtcMedia {
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(text)?;
         let mut settings = SettingEngine::default();
         settings.set_include_loopback_candidate(self.options.loopback || self.options.loopback_only);
-        if self.options.loopback_only {
-            settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
-            settings.set_network_types(vec![NetworkType::Udp4]);
-        }
+        // One UDP socket of the call's own behind the datagram guard (`super::guard`): nothing
+        // webrtc-rs cannot parse safely reaches it. It is bound to every interface (or to
+        // loopback only) and offered as one host candidate: the core is ICE-lite, so the checks
+        // always start here and leave by the kernel's route whatever address the candidate
+        // names. TURN relay candidates, when asked for, keep sockets of their own.
+        let bind: std::net::SocketAddr = if self.options.loopback_only { "127.0.0.1:0" } else { "0.0.0.0:0" }.parse().map_err(text)?;
+        let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| format!("the media socket {bind}: {e}"))?;
+        settings.set_udp_network(UDPNetwork::Muxed(GuardedMux::over_socket(Arc::new(socket), SsrcBudget::default())));
+        settings.set_network_types(vec![NetworkType::Udp4]);
+        let loopback_only = self.options.loopback_only;
+        let chosen = std::sync::Mutex::new(None::<std::net::IpAddr>);
+        settings.set_ip_filter(Box::new(move |ip| {
+            let mut chosen = chosen.lock().unwrap_or_else(|p| p.into_inner());
+            ip.is_ipv4() && (ip.is_loopback() || !loopback_only) && *chosen.get_or_insert(ip) == ip
+        }));
         let api = APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(settings).build();
         let config = RTCConfiguration {
             ice_servers: ice_servers
@@ -235,9 +260,20 @@ impl MediaEngine for RtcMedia {
             }
         }));
 
+        let reader = self.reader.0.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut last_seq: Option<u16> = None;
-            while let Ok((packet, _)) = remote.read_rtp().await {
+            loop {
+                let packet = match remote.read_rtp().await {
+                    Ok((packet, _)) => packet,
+                    Err(e) => {
+                        // A reader that dies is the end of the call, reported at once.
+                        if let Some(reason) = super::guard::reader_failure(&e) {
+                            let _ = reader.send(Some(reason));
+                        }
+                        break;
+                    }
+                };
                 let seq = packet.header.sequence_number;
                 if let Some(last) = last_seq {
                     let gap = seq.wrapping_sub(last);
@@ -269,6 +305,7 @@ impl MediaEngine for RtcMedia {
 
     async fn ended(&mut self) -> String {
         let Some(state) = self.state.as_mut() else { return "no PeerConnection".into() };
+        let reader = &mut self.reader.1;
         loop {
             let s = *state.borrow_and_update();
             match s {
@@ -276,8 +313,14 @@ impl MediaEngine for RtcMedia {
                 RTCPeerConnectionState::Closed => return "the PeerConnection closed".into(),
                 _ => {}
             }
-            if state.changed().await.is_err() {
-                return "the PeerConnection is gone".into();
+            if let Some(reason) = reader.borrow_and_update().clone() {
+                return reason;
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() {
+                    return "the PeerConnection is gone".into();
+                },
+                _ = reader.changed() => {}
             }
         }
     }
