@@ -1324,7 +1324,8 @@ mod tests {
         let e = err(r#"{"cmd":"a","seq":1,"obj":"cd","params":{"ID":[1]}}"#);
         assert_eq!((e.code, e.to_string().as_str()), (code::BAD_PARAM, "param ID: not a string or number"));
         // Lenient: a string seq, number params, no params, extra members.
-        let c = Command::parse(r#"{"cmd":"load","seq":"3","obj":"cd","params":{"ClusterID":1},"lng":"en"}"#, &CommandLimits::default()).unwrap();
+        let c = Command::parse(r#"{"cmd":"load","seq":"3","obj":"cd","params":{"ClusterID":1},"lng":"en"}"#, &CommandLimits::default())
+            .unwrap();
         assert_eq!((c.seq, c.number("ClusterID")), (3, Ok(1)));
         assert_eq!(Command::parse(r#"{"cmd":"a","seq":0,"obj":"cd"}"#, &limits).unwrap().params.len(), 0);
     }

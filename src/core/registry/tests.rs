@@ -381,3 +381,83 @@ fn shutdown_stops_every_media_and_ends_every_conference() {
     assert_eq!(e, vec![Effect::StopMedia { conf, party }, Effect::ConferenceEnded { conf }]);
     assert_eq!(r.stats(), RegistryStats::default());
 }
+
+/// A subscriber that writes each event as `span{fields}: message fields`, for the log test.
+#[derive(Default)]
+struct Capture {
+    spans: std::sync::Mutex<Vec<String>>,
+    stack: std::sync::Mutex<Vec<u64>>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Default)]
+struct Fields(Vec<String>, String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.1 = format!("{value:?}");
+        } else {
+            self.0.push(format!("{}={value:?}", field.name()));
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut f = Fields::default();
+        span.record(&mut f);
+        let mut spans = self.spans.lock().unwrap();
+        spans.push(format!("{}{{{}}}", span.metadata().name(), f.0.join(" ")));
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let parent = event.parent().map(|id| id.into_u64()).or_else(|| self.stack.lock().unwrap().last().copied());
+        let span = parent.map(|id| self.spans.lock().unwrap()[id as usize - 1].clone()).unwrap_or_default();
+        let level = event.metadata().level();
+        self.lines.lock().unwrap().push(format!("{level} {span}: {} {}", f.1, f.0.join(" ")));
+    }
+    fn enter(&self, span: &tracing::span::Id) {
+        self.stack.lock().unwrap().push(span.into_u64());
+    }
+    fn exit(&self, _: &tracing::span::Id) {
+        self.stack.lock().unwrap().pop();
+    }
+}
+
+#[test]
+fn every_session_party_conference_and_media_change_is_logged_at_info_with_its_ids() {
+    let capture = Capture::default();
+    let lines = capture.lines.clone();
+    tracing::subscriber::with_default(capture, || {
+        let mut r = registry();
+        let (conf, party) = running(&mut r, A, 7);
+        r.handle_media_ended(conf, party, 1, "ICE or DTLS failed");
+        r.handle_command(A, callme("CALLME_BYE", 0, conf, party), 0);
+        r.handle_session_closed(A);
+    });
+    let lines = lines.lock().unwrap().clone();
+    let text = lines.join("\n");
+    for want in [
+        "INFO : session opened session=1",
+        "INFO : conference started conf=1 cluster=1 scheme=7 session=1",
+        "INFO party{conf=1 id=1}: party loaded session=1 index=0",
+        "INFO party{conf=1 id=1}: CALLME_S1 accepted generation=1 replaces_media=false",
+        "INFO party{conf=1 id=1}: CALLME_S2 accepted: starting media generation=1",
+        "INFO party{conf=1 id=1}: media started generation=1",
+        "INFO party{conf=1 id=1}: media ended generation=1 reason=ICE or DTLS failed",
+        "INFO party{conf=1 id=1}: CALLME_BYE: media stopped",
+        "INFO : session closed session=1 parties=1",
+        "INFO party{conf=1 id=1}: party left",
+        "INFO : conference ended conf=1 cluster=1 scheme=7",
+    ] {
+        assert!(lines.iter().any(|l| l.trim_end() == want), "missing {want:?} in\n{text}");
+    }
+}
