@@ -394,3 +394,17 @@ async fn a_raw_masked_frame_is_answered_like_any_other() {
     assert_eq!(v["ANSW"]["seq"], 9);
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_page_is_served_beside_the_websocket() {
+    let _serial = SERIAL.lock().await;
+    let core = core::start(quiet_config()).await.unwrap();
+    for (path, status) in [("/", "HTTP/1.1 200 OK"), ("/callme.js", "HTTP/1.1 200 OK"), ("/nothing", "HTTP/1.1 404 Not Found")] {
+        let mut s = TcpStream::connect(addr_of(&core)).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut body = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut body)).await.expect("an answer within 10 s").unwrap();
+        assert!(body.starts_with(status.as_bytes()), "{path}: {}", String::from_utf8_lossy(&body[..body.len().min(80)]));
+    }
+    core.stop().await;
+}
