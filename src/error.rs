@@ -89,7 +89,6 @@ impl PartialEq for Source {
     }
 }
 
-impl std::error::Error for Refusal {}
 
 /// Why it failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

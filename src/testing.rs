@@ -13,9 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use futures::{Sink, Stream};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::signaling::Inbound;
+use crate::wire::{
+    Answer, ClusterId, Command, CommandLimits, ConfChanged, ConfId, Disconnected, Event, LoadAnswer, Loaded, PartyData, PartyId, PartyRef,
+    Refusal, ServDesc, ServUfrag, TimerTime,
+};
 
 /// The fixed values the scripted core uses.
 pub mod values {
@@ -155,62 +159,84 @@ impl ScriptedCore {
     }
 }
 
-fn answer(cmd: &str, seq: u64, obj: &str, result: Value) -> Value {
-    json!({"ANSW": {"cmd": cmd, "seq": seq, "obj": obj, "result": result}})
-}
-
-fn event(evttype: &str, party: u64, data: Value) -> Value {
-    json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": evttype,
-        "result": {"ClusterID": CLUSTER, "ID": CONF, "PartyID": party, "EvtData": data}}})
+fn at(party: u64) -> PartyRef {
+    PartyRef { cluster: ClusterId(CLUSTER), conf: ConfId(CONF), party: PartyId(party) }
 }
 
 /// `timer.time`, as the core sends it periodically.
 pub fn timer_event() -> Value {
-    json!({"EVT": {"obj": "timer", "evt": "time", "result": {"t": 1764000000}}})
+    TimerTime { t: 1764000000 }.to_event().to_value()
 }
 
 /// A `conf.changed` announcing another party.
 pub fn conf_changed_event() -> Value {
-    json!({"EVT": {"obj": "conf", "evt": "changed", "result": {"ClusterID": CLUSTER, "ID": CONF,
-        "addParties": [{"PARTY_ID": OTHER_PARTY, "Index": 1, "layer": 3, "State": 1, "bMicOn": 1, "NAME": "other"}]}}})
+    let other = PartyData {
+        id: PartyId(OTHER_PARTY),
+        index: 1,
+        old_index: None,
+        layer: 3,
+        state: PartyData::LOADED,
+        mic_on: true,
+        name: "other".into(),
+    };
+    ConfChanged { cluster: ClusterId(CLUSTER), conf: ConfId(CONF), add: vec![other], ..ConfChanged::default() }.to_event().to_value()
 }
 
 /// `conf.webrtc.Disconnected` for a party.
 pub fn disconnected_event(party: u64) -> Value {
-    json!({"EVT": {"obj": "conf", "evt": "webrtc", "evttype": "Disconnected",
-        "result": {"ClusterID": CLUSTER, "ID": CONF, "PartyID": party}}})
+    Disconnected { at: at(party), reason: None }.to_event().to_value()
 }
 
-fn servdesc_data() -> Value {
-    json!({"serveraddr": SERVERADDR, "username": TURN_USER, "credential": TURN_PASS})
+fn servdesc() -> ServDesc {
+    ServDesc { serveraddr: SERVERADDR.into(), username: TURN_USER.into(), credential: TURN_PASS.into() }
 }
 
-fn servufrag_data() -> Value {
-    json!({"ufrag": CORE_UFRAG, "pwd": CORE_PWD, "fingerprint": CORE_FINGERPRINT, "port": CORE_PORT, "addr": CORE_ADDR})
+fn servufrag() -> ServUfrag {
+    ServUfrag {
+        ufrag: CORE_UFRAG.into(),
+        pwd: CORE_PWD.into(),
+        fingerprint: CORE_FINGERPRINT.into(),
+        port: CORE_PORT,
+        addr: Some(CORE_ADDR.into()),
+        candidates: Vec::new(),
+    }
+}
+
+/// The event that follows a command's answer, addressed to a party.
+fn followup_event(cmd: &str, party: u64) -> Option<Event> {
+    match cmd {
+        "CALLME_S1" => Some(servdesc().to_event(at(party))),
+        "CALLME_S2" => Some(servufrag().to_event(at(party))),
+        _ => None,
+    }
 }
 
 impl State {
     fn handle(&mut self, frame: &str) {
-        let Ok(cmd) = serde_json::from_str::<Value>(frame) else { return };
-        self.received.push(cmd.clone());
-        let name = cmd["cmd"].as_str().unwrap_or("").to_owned();
-        let obj = cmd["obj"].as_str().unwrap_or("").to_owned();
-        let seq = cmd["seq"].as_u64().unwrap_or(0);
-        let (ok_result, followup): (Value, Option<(&str, Value)>) = match name.as_str() {
-            "load" => (
-                json!({"code": 0, "bControl": 0, "SVPartyID": PARTY, "SVPartyIndex": 0,
-                    "confdata": {"ClusterID": CLUSTER, "ID": CONF}, "parties": []}),
-                None,
-            ),
-            "CALLME_S1" => (json!({"code": 0}), Some(("servdesc", servdesc_data()))),
-            "CALLME_S2" => (json!({"code": 0}), Some(("servufrag", servufrag_data()))),
-            "CALLME_BYE" => (json!({"code": 0}), None),
-            _ => (json!({"code": 103, "class": "proto", "text": format!("unknown command {name}")}), None),
+        let Ok(raw) = serde_json::from_str::<Value>(frame) else { return };
+        self.received.push(raw);
+        let limits = CommandLimits { max_frame_bytes: usize::MAX };
+        let cmd = Command::parse(frame, &limits).unwrap_or_else(|e| Command {
+            cmd: e.cmd,
+            seq: e.seq.unwrap_or(0),
+            obj: e.obj,
+            params: Default::default(),
+        });
+        let name = cmd.cmd.clone();
+        let seq = cmd.seq;
+        let ok_answer = match name.as_str() {
+            "load" => {
+                let loaded = Loaded { cluster: ClusterId(CLUSTER), conf: ConfId(CONF), party: PartyId(PARTY), control: false, code: 0 };
+                LoadAnswer { loaded, index: 0, parties: Vec::new() }.to_answer(&cmd)
+            }
+            "CALLME_S1" | "CALLME_S2" | "CALLME_BYE" => Answer::positive(&cmd),
+            _ => Answer::negative(&cmd, &Refusal::proto(103, format!("unknown command {name}"))),
         };
+        let evt_of = |party: u64| followup_event(&name, party).map(|e| e.to_value());
         let fault = self.faults.iter().find(|f| f.on() == name).cloned();
         let mut out: Vec<Option<Value>> = Vec::new(); // None = close the socket
-        let ans = answer(&name, seq, &obj, ok_result);
-        let evt = followup.as_ref().map(|(t, d)| event(t, PARTY, d.clone()));
+        let ans = ok_answer.to_value();
+        let evt = evt_of(PARTY);
         let unrelated = [timer_event(), conf_changed_event()];
         match fault {
             None => {
@@ -218,7 +244,7 @@ impl State {
                 out.extend(evt.map(Some));
             }
             Some(Fault::Refuse { code, class, text, .. }) => {
-                out.push(Some(answer(&name, seq, &obj, json!({"code": code, "class": class, "text": text}))));
+                out.push(Some(Answer::negative(&cmd, &Refusal::new(code, class, text)).to_value()));
             }
             Some(Fault::NoAnswer { .. }) => {}
             Some(Fault::NoEvent { .. }) => out.push(Some(ans)),
@@ -233,21 +259,26 @@ impl State {
                 out.push(None);
             }
             Some(Fault::MalformedAnswer { .. }) => {
-                out.push(Some(answer(&name, seq, &obj, json!({"code": "zero"}))));
+                let mut broken = Answer::positive(&cmd).to_value();
+                broken["ANSW"]["result"]["code"] = Value::from("zero");
+                out.push(Some(broken));
             }
             Some(Fault::GarbageFrame { .. }) => {
                 self.outbox.push_back(Inbound::Text("{\"ANSW\": {\"cmd\": ".into()));
             }
             Some(Fault::MalformedEvent { field, value, .. }) => {
                 out.push(Some(ans));
-                if let Some((t, mut d)) = followup {
+                if let Some(mut e) = evt {
+                    let data = &mut e["EVT"]["result"]["EvtData"];
                     match value {
-                        Some(v) => d[field] = v,
+                        Some(v) => data[field] = v,
                         None => {
-                            d.as_object_mut().unwrap().remove(field);
+                            if let Some(d) = data.as_object_mut() {
+                                d.remove(field);
+                            }
                         }
                     }
-                    out.push(Some(event(t, PARTY, d)));
+                    out.push(Some(e));
                 }
             }
             Some(Fault::EventBeforeAnswer { .. }) => {
@@ -267,9 +298,7 @@ impl State {
             }
             Some(Fault::OtherPartyFirst { .. }) => {
                 out.push(Some(ans));
-                if let Some((t, d)) = &followup {
-                    out.push(Some(event(t, OTHER_PARTY, d.clone())));
-                }
+                out.extend(evt_of(OTHER_PARTY).map(Some));
                 out.extend(evt.map(Some));
             }
             Some(Fault::Disconnect { .. }) => {
@@ -283,7 +312,8 @@ impl State {
                 out.push(Some(disconnected_event(PARTY)));
             }
             Some(Fault::StaleAnswer { .. }) => {
-                out.push(Some(answer(&name, seq + 100, &obj, json!({"code": 0}))));
+                let stale = Command { seq: seq.saturating_add(100), ..cmd.clone() };
+                out.push(Some(Answer::positive(&stale).to_value()));
                 out.push(Some(ans));
                 out.extend(evt.map(Some));
             }

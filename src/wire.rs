@@ -9,25 +9,25 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// The WebSocket sub-protocol the client offers.
 pub const SUBPROTOCOL: &str = "PalladaWSData";
 
 /// A conference cluster number (`ClusterID`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct ClusterId(pub u64);
 
 /// A running conference (`confdata.ID`, the `ID` param of CALLME commands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct ConfId(pub u64);
 
 /// A party in a running conference (`SVPartyID`, `PartyID`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct PartyId(pub u64);
 
 /// The conference number a person dials (`SchemeID` of `cd.load`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct SchemeId(pub u64);
 
 macro_rules! display_id {
@@ -50,6 +50,7 @@ pub struct WireError {
 }
 
 impl WireError {
+    /// An error naming `field`.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         WireError { field: field.into(), reason: reason.into() }
     }
@@ -93,17 +94,96 @@ pub mod code {
     pub const BAD_ICE_CREDENTIALS: i64 = 205;
     /// The session has not loaded a conference, or may not do this.
     pub const NOT_AUTHORISED: i64 = 206;
+    /// `cd.load` would start a conference, and the session has started as many as the core
+    /// allows one session (`max_conferences_per_session`).
+    pub const TOO_MANY_CONFERENCES: i64 = 207;
     /// The core could not set up media for the party.
     pub const MEDIA_FAILED: i64 = 300;
+}
+
+/// The WebSocket close codes the reference core uses (RFC 6455, section 7.4.1).
+pub mod close {
+    /// The core is stopping.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame broke the WebSocket protocol (unmasked, reserved bits or opcode, bad framing).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// The session broke a policy of the core: too many bad frames, an outbound queue that
+    /// filled up because the client does not read, no frame and no pong for the idle time.
+    pub const POLICY: u16 = 1008;
+    /// A frame or message was larger than the WebSocket layer's limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The core serves its maximum number of sessions: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// A command, client → core.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
+    /// The command name, e.g. `CALLME_S1`.
     pub cmd: String,
+    /// The transaction number echoed in the answer; `0`: no answer wanted.
     pub seq: u64,
+    /// The addressee: `cd` or `conf`.
     pub obj: String,
+    /// The params, every value as a string (numbers sent as JSON numbers are read as their digits).
     pub params: BTreeMap<String, String>,
+}
+
+/// What the core's command reader enforces besides the framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandLimits {
+    /// Frames larger than this many bytes are refused with [`code::TOO_LARGE`].
+    pub max_frame_bytes: usize,
+}
+
+impl Default for CommandLimits {
+    fn default() -> Self {
+        CommandLimits { max_frame_bytes: 16 * 1024 }
+    }
+}
+
+/// A frame the core's command reader refused: the code, the field and the reason, and what of
+/// the frame could be read (so the core can answer, or send a `session.error` when it cannot).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct CommandError {
+    /// [`code::NOT_JSON`], [`code::TOO_LARGE`], [`code::BAD_FRAME`] or [`code::BAD_PARAM`].
+    pub code: i64,
+    /// The member named, e.g. `seq`, `obj`, `param ClusterID`, or `frame` for the whole.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The `seq`, when it could be read.
+    pub seq: Option<u64>,
+    /// The `cmd`, when it could be read (else empty).
+    pub cmd: String,
+    /// The `obj`, when it could be read (else empty).
+    pub obj: String,
+}
+
+impl CommandError {
+    fn frame(code: i64, field: &str, reason: impl Into<String>) -> Self {
+        CommandError { code, field: field.to_owned(), reason: reason.into(), seq: None, cmd: String::new(), obj: String::new() }
+    }
+
+    /// The refusal to send: class `proto`, the text naming the field.
+    pub fn refusal(&self) -> Refusal {
+        Refusal::proto(self.code, self.to_string())
+    }
+
+    /// How the core replies: a negative answer when a `seq` above 0 was read, else a
+    /// `session.error` event.
+    pub fn reply(&self) -> Incoming {
+        match self.seq {
+            Some(seq) if seq > 0 => {
+                let at = Command { cmd: self.cmd.clone(), seq, obj: self.obj.clone(), params: BTreeMap::new() };
+                Incoming::Answer(Answer::negative(&at, &self.refusal()))
+            }
+            _ => Incoming::Event(SessionError(self.refusal()).to_event()),
+        }
+    }
 }
 
 impl Command {
@@ -122,6 +202,71 @@ impl Command {
     pub fn to_frame(&self) -> String {
         serde_json::to_string(self).expect("a command always serialises")
     }
+
+    /// Reads a command strictly, as the core does: size, JSON, `seq`, `cmd`, `obj`, `params`,
+    /// in that order, the first problem deciding the error. Lenient where the contract says so:
+    /// `seq` may be a string of digits, a param may be a JSON number (read as its digits), and
+    /// `params` may be absent or `null`. Unknown top-level members (`dst`, `lng`) are ignored.
+    pub fn parse(text: &str, limits: &CommandLimits) -> Result<Command, CommandError> {
+        if text.len() > limits.max_frame_bytes {
+            let reason = format!("{} bytes is larger than the limit of {} bytes", text.len(), limits.max_frame_bytes);
+            return Err(CommandError::frame(code::TOO_LARGE, "frame", reason));
+        }
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| CommandError::frame(code::NOT_JSON, "frame", format!("not valid JSON ({e})")))?;
+        let Value::Object(o) = value else {
+            return Err(CommandError::frame(code::NOT_JSON, "frame", "not a JSON object"));
+        };
+        let seq = match o.get("seq") {
+            None => return Err(CommandError::frame(code::BAD_FRAME, "seq", "missing")),
+            Some(s) => lenient_u64(s).ok_or_else(|| CommandError::frame(code::BAD_FRAME, "seq", "not a non-negative integer"))?,
+        };
+        let mut err = CommandError::frame(code::BAD_FRAME, "", "");
+        err.seq = Some(seq);
+        err.cmd = o.get("cmd").and_then(Value::as_str).unwrap_or("").to_owned();
+        err.obj = o.get("obj").and_then(Value::as_str).unwrap_or("").to_owned();
+        let fail = |code: i64, field: &str, reason: String| {
+            let mut e = err.clone();
+            e.code = code;
+            e.field = field.to_owned();
+            e.reason = reason;
+            Err(e)
+        };
+        for key in ["cmd", "obj"] {
+            match o.get(key) {
+                None => return fail(code::BAD_FRAME, key, "missing".into()),
+                Some(Value::String(_)) => {}
+                Some(_) => return fail(code::BAD_FRAME, key, "not a string".into()),
+            }
+        }
+        let mut params = BTreeMap::new();
+        match o.get("params") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(p)) => {
+                for (k, v) in p {
+                    let s = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => return fail(code::BAD_PARAM, &format!("param {k}"), "not a string or number".into()),
+                    };
+                    params.insert(k.clone(), s);
+                }
+            }
+            Some(_) => return fail(code::BAD_FRAME, "params", "not an object".into()),
+        }
+        Ok(Command { cmd: err.cmd, seq, obj: err.obj, params })
+    }
+
+    /// A numeric param: a non-negative integer, else a [`code::BAD_PARAM`] refusal naming it.
+    pub fn number(&self, key: &str) -> Result<u64, Refusal> {
+        let v = self.params.get(key).ok_or_else(|| Refusal::proto(code::BAD_PARAM, format!("param {key} is missing")))?;
+        v.trim().parse::<u64>().map_err(|_| Refusal::proto(code::BAD_PARAM, format!("param {key} is {v:?}, not a non-negative integer")))
+    }
+
+    /// A param as given, if present.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.params.get(key).map(String::as_str)
+    }
 }
 
 /// A negative result of an answer: the core's code, class and text.
@@ -138,11 +283,51 @@ impl fmt::Display for Refusal {
     }
 }
 
+impl std::error::Error for Refusal {}
+
+/// The `class` words of refusals (`docs/protocol.md`, "Codes").
+pub mod class {
+    /// The frame or a param is malformed.
+    pub const PROTO: &str = "proto";
+    /// A conference or party is not there, or not in the right state.
+    pub const CONF: &str = "conf";
+    /// The session may not do this.
+    pub const AUTH: &str = "auth";
+    /// The core could not set up media.
+    pub const MEDIA: &str = "media";
+    /// A limit of the core was reached.
+    pub const LIMIT: &str = "limit";
+}
+
+impl Refusal {
+    /// A refusal with this code, class and text.
+    pub fn new(code: i64, class: &str, text: impl Into<String>) -> Self {
+        Refusal { code, class: class.to_owned(), text: text.into() }
+    }
+
+    /// A refusal of class `proto`.
+    pub fn proto(code: i64, text: impl Into<String>) -> Self {
+        Refusal::new(code, class::PROTO, text)
+    }
+
+    /// `result` of a negative answer or a `session.error` event: `code`, `class`, `text`.
+    fn to_result(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("code".into(), Value::from(self.code));
+        m.insert("class".into(), Value::from(self.class.as_str()));
+        m.insert("text".into(), Value::from(self.text.as_str()));
+        m
+    }
+}
+
 /// An answer, core → client, matched to its command by `seq`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
+    /// The command answered.
     pub cmd: String,
+    /// The command's `seq`.
     pub seq: u64,
+    /// The command's `obj`.
     pub obj: String,
     /// `result.code`: 0 positive, anything else negative (but see `cd.load`'s codes).
     pub code: i64,
@@ -151,6 +336,48 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// An answer to `c` with this `code` and nothing else in `result` yet.
+    pub fn with_code(c: &Command, code: i64) -> Answer {
+        let mut result = Map::new();
+        result.insert("code".into(), Value::from(code));
+        Answer { cmd: c.cmd.clone(), seq: c.seq, obj: c.obj.clone(), code, result }
+    }
+
+    /// The positive answer to `c`: `{"code":0}`.
+    pub fn positive(c: &Command) -> Answer {
+        Answer::with_code(c, code::OK)
+    }
+
+    /// The negative answer to `c`: `{"code":..,"class":..,"text":..}`.
+    pub fn negative(c: &Command, r: &Refusal) -> Answer {
+        Answer { cmd: c.cmd.clone(), seq: c.seq, obj: c.obj.clone(), code: r.code, result: r.to_result() }
+    }
+
+    /// Adds runtime data to `result` (the key `code` is kept as it is).
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Answer {
+        if key != "code" {
+            self.result.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    /// The frame text, as the core sends it (members in alphabetical order).
+    pub fn to_frame(&self) -> String {
+        self.to_value().to_string()
+    }
+
+    /// The frame as a JSON value.
+    pub fn to_value(&self) -> Value {
+        let mut inner = Map::new();
+        inner.insert("cmd".into(), Value::from(self.cmd.as_str()));
+        inner.insert("seq".into(), Value::from(self.seq));
+        inner.insert("obj".into(), Value::from(self.obj.as_str()));
+        inner.insert("result".into(), Value::Object(self.result.clone()));
+        let mut top = Map::new();
+        top.insert("ANSW".into(), Value::Object(inner));
+        Value::Object(top)
+    }
+
     /// The refusal this answer carries, if `code` is not one of `accepted`.
     pub fn refusal(&self, accepted: &[i64]) -> Option<Refusal> {
         if accepted.contains(&self.code) {
@@ -164,14 +391,44 @@ impl Answer {
 /// An event, core → client, unsolicited.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// `conf`, `timer`, `session`, ...
     pub obj: String,
+    /// `webrtc`, `changed`, `time`, `error`, ...
     pub evt: String,
+    /// `servdesc`, `servufrag`, `Disconnected`, ... when the event has a type.
     pub evttype: Option<String>,
     /// The whole `result` value.
     pub result: Value,
 }
 
 impl Event {
+    /// An event with this name and `result`.
+    pub fn new(obj: &str, evt: &str, evttype: Option<&str>, result: Value) -> Event {
+        Event { obj: obj.to_owned(), evt: evt.to_owned(), evttype: evttype.map(str::to_owned), result }
+    }
+
+    /// The frame text, as the core sends it (members in alphabetical order; no `evttype` when
+    /// there is none, no `result` when it is `null`).
+    pub fn to_frame(&self) -> String {
+        self.to_value().to_string()
+    }
+
+    /// The frame as a JSON value.
+    pub fn to_value(&self) -> Value {
+        let mut inner = Map::new();
+        inner.insert("obj".into(), Value::from(self.obj.as_str()));
+        inner.insert("evt".into(), Value::from(self.evt.as_str()));
+        if let Some(t) = &self.evttype {
+            inner.insert("evttype".into(), Value::from(t.as_str()));
+        }
+        if !self.result.is_null() {
+            inner.insert("result".into(), self.result.clone());
+        }
+        let mut top = Map::new();
+        top.insert("EVT".into(), Value::Object(inner));
+        Value::Object(top)
+    }
+
     /// `obj.evt[.evttype]`, e.g. `conf.webrtc.servufrag`.
     pub fn name(&self) -> String {
         match &self.evttype {
@@ -195,11 +452,21 @@ impl Event {
 /// One frame from the core.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
+    /// `{"ANSW": ...}`.
     Answer(Answer),
+    /// `{"EVT": ...}`.
     Event(Event),
 }
 
 impl Incoming {
+    /// The frame text, as the core sends it.
+    pub fn to_frame(&self) -> String {
+        match self {
+            Incoming::Answer(a) => a.to_frame(),
+            Incoming::Event(e) => e.to_frame(),
+        }
+    }
+
     /// Parses one text frame strictly; the error names the field.
     pub fn parse(text: &str) -> Result<Incoming, WireError> {
         let value: Value = serde_json::from_str(text).map_err(|e| WireError::new("frame", format!("not valid JSON ({e})")))?;
@@ -313,13 +580,23 @@ impl<'a> Fields<'a> {
 pub struct ServDesc {
     /// TURN/STUN URL, empty when the core has none.
     pub serveraddr: String,
+    /// TURN user name, empty when none.
     pub username: String,
+    /// TURN password, empty when none.
     pub credential: String,
 }
 
 impl ServDesc {
+    /// The event's name.
     pub const EVENT: &'static str = "conf.webrtc.servdesc";
 
+    /// The event addressed to a party.
+    pub fn to_event(&self, to: PartyRef) -> Event {
+        let data = json!({"serveraddr": self.serveraddr, "username": self.username, "credential": self.credential});
+        to.webrtc_event("servdesc", Some(data))
+    }
+
+    /// Reads the event's `EvtData`, checking every field.
     pub fn from_event(e: &Event) -> Result<ServDesc, WireError> {
         let f = Fields::of(e.evt_data(), "EVT.result.EvtData")?;
         let d = ServDesc { serveraddr: f.string("serveraddr")?, username: f.string("username")?, credential: f.string("credential")? };
@@ -334,10 +611,13 @@ impl ServDesc {
 /// `conf.webrtc.servufrag`: what the client needs to write the core's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServUfrag {
+    /// The core's ICE ufrag for the party.
     pub ufrag: String,
+    /// The core's ICE password for the party.
     pub pwd: String,
     /// `"sha-256 AB:CD:..."`.
     pub fingerprint: String,
+    /// The core's UDP media port.
     pub port: u16,
     /// Address for the candidate; the host of the WebSocket URL when absent.
     pub addr: Option<String>,
@@ -346,8 +626,26 @@ pub struct ServUfrag {
 }
 
 impl ServUfrag {
+    /// The event's name.
     pub const EVENT: &'static str = "conf.webrtc.servufrag";
 
+    /// The event addressed to a party (`addr` and `candidates` only when given).
+    pub fn to_event(&self, to: PartyRef) -> Event {
+        let mut data = Map::new();
+        data.insert("ufrag".into(), Value::from(self.ufrag.as_str()));
+        data.insert("pwd".into(), Value::from(self.pwd.as_str()));
+        data.insert("fingerprint".into(), Value::from(self.fingerprint.as_str()));
+        data.insert("port".into(), Value::from(self.port));
+        if let Some(a) = &self.addr {
+            data.insert("addr".into(), Value::from(a.as_str()));
+        }
+        if !self.candidates.is_empty() {
+            data.insert("candidates".into(), Value::from(self.candidates.clone()));
+        }
+        to.webrtc_event("servufrag", Some(Value::Object(data)))
+    }
+
+    /// Reads the event's `EvtData`, checking every field.
     pub fn from_event(e: &Event) -> Result<ServUfrag, WireError> {
         let f = Fields::of(e.evt_data(), "EVT.result.EvtData")?;
         let ufrag = f.string("ufrag")?;
@@ -408,8 +706,11 @@ pub fn check_fingerprint(s: &str) -> Result<(), String> {
 /// What `cd.load` gives back: the session's own party in a running conference.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Loaded {
+    /// The cluster asked for.
     pub cluster: ClusterId,
+    /// The running conference (`confdata.ID`).
     pub conf: ConfId,
+    /// The session's own party (`SVPartyID`).
     pub party: PartyId,
     /// Whether the session controls the conference (`bControl`).
     pub control: bool,
@@ -418,6 +719,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Where the party is, for events addressed to it.
+    pub fn at(&self) -> PartyRef {
+        PartyRef { cluster: self.cluster, conf: self.conf, party: self.party }
+    }
+
+    /// Reads a `cd.load` answer; `cluster` is the one asked for.
     pub fn from_answer(a: &Answer, cluster: ClusterId) -> Result<Loaded, WireError> {
         let party = a
             .result
@@ -435,8 +742,383 @@ impl Loaded {
     }
 }
 
+/// Where an event about a party goes: `ClusterID`, `ID`, `PartyID` of its `result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PartyRef {
+    /// `ClusterID`.
+    pub cluster: ClusterId,
+    /// `ID`.
+    pub conf: ConfId,
+    /// `PartyID`.
+    pub party: PartyId,
+}
+
+impl PartyRef {
+    fn result(&self) -> Map<String, Value> {
+        let mut r = Map::new();
+        r.insert("ClusterID".into(), Value::from(self.cluster.0));
+        r.insert("ID".into(), Value::from(self.conf.0));
+        r.insert("PartyID".into(), Value::from(self.party.0));
+        r
+    }
+
+    fn webrtc_event(&self, evttype: &str, data: Option<Value>) -> Event {
+        let mut r = self.result();
+        if let Some(d) = data {
+            r.insert("EvtData".into(), d);
+        }
+        Event::new("conf", "webrtc", Some(evttype), Value::Object(r))
+    }
+
+    fn from_result(e: &Event) -> Result<PartyRef, WireError> {
+        let num = |k: &str| {
+            let field = format!("EVT.result.{k}");
+            e.result
+                .get(k)
+                .ok_or_else(|| WireError::new(&field, "missing"))
+                .and_then(|v| lenient_u64(v).ok_or_else(|| WireError::new(&field, "not an integer")))
+        };
+        Ok(PartyRef { cluster: ClusterId(num("ClusterID")?), conf: ConfId(num("ID")?), party: PartyId(num("PartyID")?) })
+    }
+}
+
+fn expect_event(e: &Event, name: &str) -> Result<(), WireError> {
+    if e.name() == name {
+        Ok(())
+    } else {
+        Err(WireError::new("EVT", format!("{} is not {name}", e.name())))
+    }
+}
+
+/// `conf.webrtc.Disconnected`: the core ended the party's media session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnected {
+    /// The party whose media ended.
+    pub at: PartyRef,
+    /// Why, when the core says (the reference core always does).
+    pub reason: Option<String>,
+}
+
+impl Disconnected {
+    /// The event's name.
+    pub const EVENT: &'static str = "conf.webrtc.Disconnected";
+
+    /// The event (no `EvtData`; `reason` in `result` when given).
+    pub fn to_event(&self) -> Event {
+        let mut e = self.at.webrtc_event("Disconnected", None);
+        if let (Some(reason), Value::Object(r)) = (&self.reason, &mut e.result) {
+            r.insert("reason".into(), Value::from(reason.as_str()));
+        }
+        e
+    }
+
+    /// Reads the event.
+    pub fn from_event(e: &Event) -> Result<Disconnected, WireError> {
+        expect_event(e, Self::EVENT)?;
+        let reason = match e.result.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(WireError::new("EVT.result.reason", "not a string")),
+        };
+        Ok(Disconnected { at: PartyRef::from_result(e)?, reason })
+    }
+}
+
+/// One party in a roster (`partydata`, layer 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartyData {
+    /// `PARTY_ID`.
+    pub id: PartyId,
+    /// `Index`: its place in the conference's list.
+    pub index: u64,
+    /// `OldIndex`: in `updParties`, the place it had.
+    pub old_index: Option<u64>,
+    /// `layer` (3: with `NAME`).
+    pub layer: u64,
+    /// `State`: 1 loaded without audio, 2 audio connected.
+    pub state: u64,
+    /// `bMicOn`.
+    pub mic_on: bool,
+    /// `NAME`: the display name.
+    pub name: String,
+}
+
+impl PartyData {
+    /// `State` of a party loaded without audio.
+    pub const LOADED: u64 = 1;
+    /// `State` of a party whose audio is connected.
+    pub const CONNECTED: u64 = 2;
+
+    /// The JSON object.
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("PARTY_ID".into(), Value::from(self.id.0));
+        m.insert("Index".into(), Value::from(self.index));
+        if let Some(o) = self.old_index {
+            m.insert("OldIndex".into(), Value::from(o));
+        }
+        m.insert("layer".into(), Value::from(self.layer));
+        m.insert("State".into(), Value::from(self.state));
+        m.insert("bMicOn".into(), Value::from(u64::from(self.mic_on)));
+        m.insert("NAME".into(), Value::from(self.name.as_str()));
+        Value::Object(m)
+    }
+
+    /// Reads one entry; `at` is its path for errors.
+    pub fn from_value(v: &Value, at: &str) -> Result<PartyData, WireError> {
+        let o = v.as_object().ok_or_else(|| WireError::new(at, "not an object"))?;
+        let num = |k: &str| -> Result<u64, WireError> {
+            let field = format!("{at}.{k}");
+            o.get(k)
+                .ok_or_else(|| WireError::new(&field, "missing"))
+                .and_then(|v| lenient_u64(v).ok_or_else(|| WireError::new(&field, "not an integer")))
+        };
+        let old_index = if o.contains_key("OldIndex") { Some(num("OldIndex")?) } else { None };
+        let name = match o.get("NAME") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(WireError::new(format!("{at}.NAME"), "not a string")),
+        };
+        Ok(PartyData {
+            id: PartyId(num("PARTY_ID")?),
+            index: num("Index")?,
+            old_index,
+            layer: num("layer")?,
+            state: num("State")?,
+            mic_on: num("bMicOn")? != 0,
+            name,
+        })
+    }
+}
+
+/// One party gone from a roster (`delParties` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartyGone {
+    /// `ID`.
+    pub id: PartyId,
+    /// `index`: the place it had.
+    pub index: u64,
+}
+
+/// `conf.changed`: the roster of a conference changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfChanged {
+    /// `ClusterID`.
+    pub cluster: ClusterId,
+    /// `ID`.
+    pub conf: ConfId,
+    /// `addParties`: loaded parties.
+    pub add: Vec<PartyData>,
+    /// `updParties`: changed parties (with `OldIndex`).
+    pub upd: Vec<PartyData>,
+    /// `delParties`: parties that left.
+    pub del: Vec<PartyGone>,
+}
+
+impl ConfChanged {
+    /// The event's name.
+    pub const EVENT: &'static str = "conf.changed";
+
+    /// The event; only the non-empty lists are written.
+    pub fn to_event(&self) -> Event {
+        let mut r = Map::new();
+        r.insert("ClusterID".into(), Value::from(self.cluster.0));
+        r.insert("ID".into(), Value::from(self.conf.0));
+        if !self.add.is_empty() {
+            r.insert("addParties".into(), Value::Array(self.add.iter().map(PartyData::to_value).collect()));
+        }
+        if !self.upd.is_empty() {
+            r.insert("updParties".into(), Value::Array(self.upd.iter().map(PartyData::to_value).collect()));
+        }
+        if !self.del.is_empty() {
+            r.insert("delParties".into(), Value::Array(self.del.iter().map(|d| json!({"ID": d.id.0, "index": d.index})).collect()));
+        }
+        Event::new("conf", "changed", None, Value::Object(r))
+    }
+
+    /// Reads the event.
+    pub fn from_event(e: &Event) -> Result<ConfChanged, WireError> {
+        expect_event(e, Self::EVENT)?;
+        let num = |v: Option<&Value>, field: &str| -> Result<u64, WireError> {
+            v.ok_or_else(|| WireError::new(field, "missing"))
+                .and_then(|v| lenient_u64(v).ok_or_else(|| WireError::new(field, "not an integer")))
+        };
+        fn list<'a>(e: &'a Event, k: &str) -> Result<&'a [Value], WireError> {
+            match e.result.get(k) {
+                None | Some(Value::Null) => Ok(&[]),
+                Some(Value::Array(a)) => Ok(a.as_slice()),
+                Some(_) => Err(WireError::new(format!("EVT.result.{k}"), "not an array")),
+            }
+        }
+        let parties = |k: &str| -> Result<Vec<PartyData>, WireError> {
+            list(e, k)?.iter().enumerate().map(|(i, v)| PartyData::from_value(v, &format!("EVT.result.{k}[{i}]"))).collect()
+        };
+        let del = list(e, "delParties")?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let at = format!("EVT.result.delParties[{i}]");
+                Ok(PartyGone { id: PartyId(num(v.get("ID"), &format!("{at}.ID"))?), index: num(v.get("index"), &format!("{at}.index"))? })
+            })
+            .collect::<Result<_, WireError>>()?;
+        Ok(ConfChanged {
+            cluster: ClusterId(num(e.result.get("ClusterID"), "EVT.result.ClusterID")?),
+            conf: ConfId(num(e.result.get("ID"), "EVT.result.ID")?),
+            add: parties("addParties")?,
+            upd: parties("updParties")?,
+            del,
+        })
+    }
+}
+
+/// `timer.time`: the core's clock in unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerTime {
+    /// `t`.
+    pub t: u64,
+}
+
+impl TimerTime {
+    /// The event's name.
+    pub const EVENT: &'static str = "timer.time";
+
+    /// The event.
+    pub fn to_event(&self) -> Event {
+        Event::new("timer", "time", None, json!({"t": self.t}))
+    }
+
+    /// Reads the event.
+    pub fn from_event(e: &Event) -> Result<TimerTime, WireError> {
+        expect_event(e, Self::EVENT)?;
+        let t = e.result.get("t").ok_or_else(|| WireError::new("EVT.result.t", "missing"))?;
+        Ok(TimerTime { t: lenient_u64(t).ok_or_else(|| WireError::new("EVT.result.t", "not an integer"))? })
+    }
+}
+
+/// `session.error`: a refusal the core could not send as an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionError(pub Refusal);
+
+impl SessionError {
+    /// The event's name.
+    pub const EVENT: &'static str = "session.error";
+
+    /// The event.
+    pub fn to_event(&self) -> Event {
+        Event::new("session", "error", None, Value::Object(self.0.to_result()))
+    }
+
+    /// Reads the event.
+    pub fn from_event(e: &Event) -> Result<SessionError, WireError> {
+        expect_event(e, Self::EVENT)?;
+        let code =
+            e.result.get("code").and_then(lenient_i64).ok_or_else(|| WireError::new("EVT.result.code", "missing or not an integer"))?;
+        let text = |k: &str| e.result.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        Ok(SessionError(Refusal { code, class: text("class"), text: text("text") }))
+    }
+}
+
+/// The whole positive answer to `cd.load`: the party, its place and the roster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadAnswer {
+    /// The party and its conference (`code` is the answer's code, 0, 1 or 2).
+    pub loaded: Loaded,
+    /// `SVPartyIndex`.
+    pub index: u64,
+    /// `parties`: every party of the conference, the new one included.
+    pub parties: Vec<PartyData>,
+}
+
+impl LoadAnswer {
+    /// The answer to `c`.
+    pub fn to_answer(&self, c: &Command) -> Answer {
+        let l = &self.loaded;
+        Answer::with_code(c, l.code)
+            .with("bControl", u64::from(l.control))
+            .with("SVPartyID", l.party.0)
+            .with("SVPartyIndex", self.index)
+            .with("confdata", json!({"ClusterID": l.cluster.0, "ID": l.conf.0}))
+            .with("parties", Value::Array(self.parties.iter().map(PartyData::to_value).collect()))
+    }
+
+    /// Reads the answer; `cluster` is the one asked for.
+    pub fn from_answer(a: &Answer, cluster: ClusterId) -> Result<LoadAnswer, WireError> {
+        let loaded = Loaded::from_answer(a, cluster)?;
+        let index = a.result.get("SVPartyIndex").and_then(lenient_u64).unwrap_or(0);
+        let parties = match a.result.get("parties") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| PartyData::from_value(v, &format!("ANSW.result.parties[{i}]")))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(WireError::new("ANSW.result.parties", "not an array")),
+        };
+        Ok(LoadAnswer { loaded, index, parties })
+    }
+}
+
+/// One running conference in the answer to `cd.loadlist`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfEntry {
+    /// `ClusterID`.
+    pub cluster: ClusterId,
+    /// `ID`.
+    pub conf: ConfId,
+    /// `SchemeID`: the number dialled.
+    pub scheme: SchemeId,
+    /// `parties`: how many parties it holds.
+    pub parties: u64,
+}
+
+/// The positive answer to `cd.loadlist`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadList {
+    /// `list`.
+    pub list: Vec<ConfEntry>,
+}
+
+impl LoadList {
+    /// The answer to `c`.
+    pub fn to_answer(&self, c: &Command) -> Answer {
+        let list = self
+            .list
+            .iter()
+            .map(|e| json!({"ClusterID": e.cluster.0, "ID": e.conf.0, "SchemeID": e.scheme.0, "parties": e.parties}))
+            .collect();
+        Answer::positive(c).with("list", Value::Array(list))
+    }
+
+    /// Reads the answer.
+    pub fn from_answer(a: &Answer) -> Result<LoadList, WireError> {
+        let Some(Value::Array(items)) = a.result.get("list") else {
+            return Err(WireError::new("ANSW.result.list", "missing or not an array"));
+        };
+        let list = items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let num = |k: &str| {
+                    let field = format!("ANSW.result.list[{i}].{k}");
+                    v.get(k)
+                        .ok_or_else(|| WireError::new(&field, "missing"))
+                        .and_then(|v| lenient_u64(v).ok_or_else(|| WireError::new(&field, "not an integer")))
+                };
+                Ok(ConfEntry {
+                    cluster: ClusterId(num("ClusterID")?),
+                    conf: ConfId(num("ID")?),
+                    scheme: SchemeId(num("SchemeID")?),
+                    parties: num("parties")?,
+                })
+            })
+            .collect::<Result<_, WireError>>()?;
+        Ok(LoadList { list })
+    }
+}
+
 /// The offer facts CALLME_S2 carries besides the MUST params (all optional on the wire).
 pub mod s2 {
+    #![allow(missing_docs)]
     pub const UFRAG: &str = "ufrag";
     pub const PWD: &str = "pwd";
     pub const FINGERPRINT: &str = "fingerprint";
@@ -484,6 +1166,184 @@ mod tests {
         assert!(check_fingerprint(&good).is_ok());
         assert!(check_fingerprint("sha-1 AB:CD").is_err());
         assert!(check_fingerprint(&format!("sha-256 {}", vec!["AB"; 31].join(":"))).is_err());
+    }
+
+    fn at() -> PartyRef {
+        PartyRef { cluster: ClusterId(1), conf: ConfId(7), party: PartyId(3) }
+    }
+
+    fn event_of(frame: &str) -> Event {
+        match Incoming::parse(frame).expect("the SDK reads what the core writes") {
+            Incoming::Event(e) => e,
+            Incoming::Answer(a) => panic!("an answer: {a:?}"),
+        }
+    }
+
+    fn answer_of(frame: &str) -> Answer {
+        match Incoming::parse(frame).expect("the SDK reads what the core writes") {
+            Incoming::Answer(a) => a,
+            Incoming::Event(e) => panic!("an event: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn every_command_the_sdk_writes_the_core_reads_back_equal() {
+        let fp = format!("sha-256 {}", vec!["AB"; 32].join(":"));
+        let commands = [
+            Command::new("cd", "load").param("ClusterID", 1).param("SchemeID", 7).param("NAME", "tester \"quoted\" é"),
+            Command::new("cd", "loadlist").param("ClusterID", 1),
+            Command { seq: 2, ..Command::new("conf", "CALLME_S1").param("ClusterID", 1).param("ID", 7).param("PartyID", 3) },
+            Command { seq: u64::MAX, ..Command::new("conf", "CALLME_S2").param(s2::UFRAG, "abcd").param(s2::FINGERPRINT, fp) },
+            Command::new("conf", "CALLME_BYE"),
+        ];
+        for c in commands {
+            assert_eq!(Command::parse(&c.to_frame(), &CommandLimits::default()), Ok(c.clone()));
+        }
+    }
+
+    #[test]
+    fn every_answer_the_core_writes_the_sdk_reads_back_equal() {
+        let c = Command { seq: 4, ..Command::new("cd", "load") };
+        for a in [
+            Answer::positive(&c),
+            Answer::negative(&c, &Refusal::new(code::NO_PARTY, class::CONF, "param PartyID: no party 5")),
+            Answer::positive(&c).with("list", json!([])),
+        ] {
+            assert_eq!(answer_of(&a.to_frame()), a);
+        }
+        let r = Refusal::proto(code::BAD_PARAM, "param SchemeID is missing");
+        assert_eq!(answer_of(&Answer::negative(&c, &r).to_frame()).refusal(&[code::OK]), Some(r));
+
+        let party = |id: u64, name: &str| PartyData {
+            id: PartyId(id),
+            index: id - 1,
+            old_index: None,
+            layer: 3,
+            state: PartyData::LOADED,
+            mic_on: true,
+            name: name.into(),
+        };
+        for code in [code::OK, code::LOAD_CONNECTED, code::LOAD_ALREADY_CONNECTED] {
+            let load = LoadAnswer {
+                loaded: Loaded { cluster: ClusterId(1), conf: ConfId(7), party: PartyId(3), control: code == code::LOAD_CONNECTED, code },
+                index: 2,
+                parties: vec![party(1, "a"), party(3, "c")],
+            };
+            let read = answer_of(&load.to_answer(&c).to_frame());
+            assert_eq!(LoadAnswer::from_answer(&read, ClusterId(1)), Ok(load.clone()));
+            assert_eq!(Loaded::from_answer(&read, ClusterId(1)), Ok(load.loaded));
+        }
+        let list = LoadList { list: vec![ConfEntry { cluster: ClusterId(1), conf: ConfId(7), scheme: SchemeId(9), parties: 2 }] };
+        assert_eq!(LoadList::from_answer(&answer_of(&list.to_answer(&c).to_frame())), Ok(list));
+    }
+
+    #[test]
+    fn every_event_the_core_writes_the_sdk_reads_back_equal() {
+        let desc =
+            ServDesc { serveraddr: "turn:127.0.0.1:3478?transport=udp".into(), username: "1:party3".into(), credential: "c2VjcmV0".into() };
+        let e = event_of(&desc.to_event(at()).to_frame());
+        assert_eq!((e.name().as_str(), e.party()), (ServDesc::EVENT, Some(PartyId(3))));
+        assert_eq!(ServDesc::from_event(&e), Ok(desc));
+
+        let fp = format!("sha-256 {}", vec!["C0"; 32].join(":"));
+        for (addr, candidates) in
+            [(Some("192.0.2.1".to_owned()), vec![]), (None, vec!["candidate:1 1 udp 1 192.0.2.1 4 typ host".to_owned()])]
+        {
+            let ufrag = ServUfrag {
+                ufrag: "CoRe".into(),
+                pwd: "corepasswordcorepassword".into(),
+                fingerprint: fp.clone(),
+                port: 40000,
+                addr,
+                candidates,
+            };
+            let e = event_of(&ufrag.to_event(at()).to_frame());
+            assert_eq!(e.name(), ServUfrag::EVENT);
+            assert_eq!(ServUfrag::from_event(&e), Ok(ufrag));
+        }
+
+        for reason in [None, Some("ICE or DTLS failed".to_owned())] {
+            let d = Disconnected { at: at(), reason };
+            let e = event_of(&d.to_event().to_frame());
+            assert_eq!((e.name().as_str(), e.party()), (Disconnected::EVENT, Some(PartyId(3))));
+            assert_eq!(Disconnected::from_event(&e), Ok(d));
+        }
+
+        let p = PartyData {
+            id: PartyId(4),
+            index: 1,
+            old_index: None,
+            layer: 3,
+            state: PartyData::CONNECTED,
+            mic_on: false,
+            name: "other".into(),
+        };
+        let moved = PartyData { old_index: Some(1), index: 0, ..p.clone() };
+        let changed = ConfChanged {
+            cluster: ClusterId(1),
+            conf: ConfId(7),
+            add: vec![p],
+            upd: vec![moved],
+            del: vec![PartyGone { id: PartyId(5), index: 2 }],
+        };
+        let e = event_of(&changed.to_event().to_frame());
+        assert_eq!((e.name().as_str(), e.party()), (ConfChanged::EVENT, None));
+        assert_eq!(ConfChanged::from_event(&e), Ok(changed));
+
+        let t = TimerTime { t: 1_764_000_000 };
+        assert_eq!(TimerTime::from_event(&event_of(&t.to_event().to_frame())), Ok(t));
+
+        let err = SessionError(Refusal::proto(code::NOT_JSON, "frame: not a JSON object"));
+        assert_eq!(SessionError::from_event(&event_of(&err.to_event().to_frame())), Ok(err));
+    }
+
+    #[test]
+    fn the_writers_put_members_in_alphabetical_order() {
+        let e = Disconnected { at: at(), reason: None }.to_event().to_frame();
+        assert_eq!(e, r#"{"EVT":{"evt":"webrtc","evttype":"Disconnected","obj":"conf","result":{"ClusterID":1,"ID":7,"PartyID":3}}}"#);
+        let a = Answer::positive(&Command { seq: 2, ..Command::new("conf", "CALLME_S1") }).to_frame();
+        assert_eq!(a, r#"{"ANSW":{"cmd":"CALLME_S1","obj":"conf","result":{"code":0},"seq":2}}"#);
+    }
+
+    #[test]
+    fn the_command_reader_names_the_field_and_keeps_what_it_could_read() {
+        let limits = CommandLimits { max_frame_bytes: 64 };
+        let err = |t: &str| Command::parse(t, &limits).unwrap_err();
+        let e = err(&"x".repeat(65));
+        assert_eq!((e.code, e.field.as_str(), e.seq), (code::TOO_LARGE, "frame", None));
+        assert_eq!(e.to_string(), "frame: 65 bytes is larger than the limit of 64 bytes");
+        assert_eq!(err("nope").code, code::NOT_JSON);
+        assert_eq!(err("[1]").to_string(), "frame: not a JSON object");
+        assert_eq!(err(r#"{"cmd":"load"}"#).to_string(), "seq: missing");
+        assert_eq!(err(r#"{"cmd":"load","seq":-1}"#).to_string(), "seq: not a non-negative integer");
+        let e = err(r#"{"cmd":"load","seq":"5"}"#);
+        assert_eq!((e.code, e.field.as_str(), e.seq, e.cmd.as_str()), (code::BAD_FRAME, "obj", Some(5), "load"));
+        let e = err(r#"{"cmd":7,"seq":5,"obj":"cd"}"#);
+        assert_eq!((e.to_string().as_str(), e.obj.as_str()), ("cmd: not a string", "cd"));
+        assert_eq!(err(r#"{"cmd":"a","seq":1,"obj":"cd","params":[]}"#).to_string(), "params: not an object");
+        let e = err(r#"{"cmd":"a","seq":1,"obj":"cd","params":{"ID":[1]}}"#);
+        assert_eq!((e.code, e.to_string().as_str()), (code::BAD_PARAM, "param ID: not a string or number"));
+        // Lenient: a string seq, number params, no params, extra members.
+        let c = Command::parse(r#"{"cmd":"load","seq":"3","obj":"cd","params":{"ClusterID":1},"lng":"en"}"#, &CommandLimits::default())
+            .unwrap();
+        assert_eq!((c.seq, c.number("ClusterID")), (3, Ok(1)));
+        assert_eq!(Command::parse(r#"{"cmd":"a","seq":0,"obj":"cd"}"#, &limits).unwrap().params.len(), 0);
+    }
+
+    #[test]
+    fn a_refused_command_is_answered_when_it_has_a_seq_and_reported_as_session_error_when_not() {
+        let limits = CommandLimits::default();
+        let Incoming::Answer(a) = Command::parse(r#"{"cmd":"load","seq":5}"#, &limits).unwrap_err().reply() else { panic!("an answer") };
+        assert_eq!((a.seq, a.cmd.as_str(), a.code), (5, "load", code::BAD_FRAME));
+        let Incoming::Event(e) = Command::parse("{}", &limits).unwrap_err().reply() else { panic!("an event") };
+        assert_eq!(SessionError::from_event(&e).unwrap().0.text, "seq: missing");
+    }
+
+    #[test]
+    fn a_numeric_param_is_checked_by_name() {
+        let c = Command::new("cd", "load").param("SchemeID", "seven");
+        assert_eq!(c.number("SchemeID").unwrap_err().text, "param SchemeID is \"seven\", not a non-negative integer");
+        assert_eq!(c.number("ClusterID").unwrap_err().text, "param ClusterID is missing");
     }
 
     #[test]

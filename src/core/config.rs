@@ -46,6 +46,25 @@ pub struct CoreConfig {
     pub timer_ms: u64,
     /// Negative answers a session may earn before it is closed with 1008.
     pub max_errors: u32,
+    /// WebSocket sessions open at once; one more is closed at once with 1013.
+    pub max_sessions: usize,
+    /// Running conferences one session may start with `cd.load` (code 207 above it).
+    pub max_conferences_per_session: usize,
+    /// The longest display name (`NAME` of `cd.load`) in characters; longer is refused (105).
+    pub max_name_len: usize,
+    /// Frames queued for one session; a session whose queue fills (the client does not read)
+    /// is closed with 1008.
+    pub outbound_queue_frames: usize,
+    /// A connection must finish its HTTP request and WebSocket upgrade within this, in
+    /// milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// The core pings each session this often, in milliseconds (0: never).
+    pub ping_interval_ms: u64,
+    /// A session from which nothing (no frame, no pong) arrives for this long is closed with
+    /// 1008 and its parties freed, in milliseconds (0: never).
+    pub idle_timeout_ms: u64,
+    /// The read buffer of each WebSocket, in bytes.
+    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for CoreConfig {
@@ -60,6 +79,14 @@ impl Default for CoreConfig {
             max_frame_bytes: 16 * 1024,
             timer_ms: 10_000,
             max_errors: 100,
+            max_sessions: 1000,
+            max_conferences_per_session: 8,
+            max_name_len: 64,
+            outbound_queue_frames: 256,
+            handshake_timeout_ms: 5000,
+            ping_interval_ms: 15_000,
+            idle_timeout_ms: 45_000,
+            ws_read_buffer_bytes: 4096,
         }
     }
 }
@@ -77,6 +104,7 @@ impl CoreConfig {
         Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Reads TOML text over the defaults; unknown keys are an error naming them.
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
@@ -131,12 +159,35 @@ impl CoreConfig {
         if self.max_frame_bytes < 1024 {
             return Err(format!("max_frame_bytes {} is below 1024", self.max_frame_bytes));
         }
+        for (name, v) in [
+            ("max_sessions", self.max_sessions),
+            ("max_conferences_per_session", self.max_conferences_per_session),
+            ("max_name_len", self.max_name_len),
+            ("outbound_queue_frames", self.outbound_queue_frames),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} is 0: nothing would be allowed"));
+            }
+        }
+        if self.handshake_timeout_ms < 100 {
+            return Err(format!("handshake_timeout_ms {} is below 100", self.handshake_timeout_ms));
+        }
+        if self.ws_read_buffer_bytes < 256 {
+            return Err(format!("ws_read_buffer_bytes {} is below 256", self.ws_read_buffer_bytes));
+        }
+        if self.idle_timeout_ms > 0 && self.ping_interval_ms > 0 && self.idle_timeout_ms <= self.ping_interval_ms {
+            return Err(format!(
+                "idle_timeout_ms {} is not above ping_interval_ms {}: a client would be closed before it could answer a ping",
+                self.idle_timeout_ms, self.ping_interval_ms
+            ));
+        }
         if self.media.ip().is_unspecified() && self.announce.is_none() {
             return Err("media listens on all addresses: set announce to the address clients reach".into());
         }
         Ok(self)
     }
 
+    /// `media_timeout_ms` as a duration.
     pub fn media_timeout(&self) -> Duration {
         Duration::from_millis(self.media_timeout_ms)
     }

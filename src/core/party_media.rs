@@ -59,19 +59,12 @@ impl MediaEnv {
     }
 }
 
-/// A param that is missing or malformed: the code and a sentence naming it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamError {
-    pub code: i64,
-    pub text: String,
-}
-
 /// The client's offer, as CALLME_S2's params describe it (the inverse of
 /// [`OfferFacts::s2_params`]); when an optional param is absent, Chromium's usual value.
-pub fn offer_from_params(p: &BTreeMap<String, String>) -> Result<OfferFacts, ParamError> {
-    let bad = |code: i64, text: String| ParamError { code, text };
+pub fn offer_from_params(p: &BTreeMap<String, String>) -> Result<OfferFacts, wire::Refusal> {
+    let bad = |code: i64, text: String| wire::Refusal::proto(code, text);
     let need = |k: &str| p.get(k).cloned().ok_or_else(|| bad(code::BAD_PARAM, format!("param {k} is missing")));
-    let num = |k: &str, max: u64| -> Result<Option<u64>, ParamError> {
+    let num = |k: &str, max: u64| -> Result<Option<u64>, wire::Refusal> {
         match p.get(k) {
             None => Ok(None),
             Some(v) => v
@@ -105,7 +98,7 @@ pub fn offer_from_params(p: &BTreeMap<String, String>) -> Result<OfferFacts, Par
     if opus_fmtp.contains(['\r', '\n']) {
         return Err(bad(code::BAD_PARAM, "param opus_fmtp contains a line break".into()));
     }
-    let ext = |k: &str, default: u8| -> Result<Option<u8>, ParamError> {
+    let ext = |k: &str, default: u8| -> Result<Option<u8>, wire::Refusal> {
         Ok(Some(num(k, 14)?.map_or(default, |v| v as u8)).filter(|id| *id >= 1))
     };
     let cname = p.get(wire::s2::CNAME).cloned();
