@@ -121,6 +121,8 @@ pub async fn run(a: BenchArgs) -> ExitCode {
 
     // Hold: everyone in the call; measure CPU over the hold.
     let hold = Duration::from_secs_f64(a.hold.max(1.0));
+    tokio::time::sleep(Duration::from_millis(600)).await; // a fresh counts line
+    let mixer0 = core.latest()["mixer"].clone();
     let (core_cpu1, _) = proc_usage(pid);
     let (sdk_cpu1, _) = proc_usage(me);
     let hold_start = Instant::now();
@@ -131,6 +133,10 @@ pub async fn run(a: BenchArgs) -> ExitCode {
     let held = hold_start.elapsed().as_secs_f64();
     let (core_cpu2, core_rss2) = proc_usage(pid);
     let (sdk_cpu2, sdk_rss2) = proc_usage(me);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mixer1 = core.latest()["mixer"].clone();
+    let mixer_delta = |k: &str| mixer1[k].as_u64().unwrap_or(0).saturating_sub(mixer0[k].as_u64().unwrap_or(0));
+    let (ticks, late, skipped) = (mixer_delta("ticks"), mixer_delta("late_ticks"), mixer_delta("skipped_ticks"));
 
     // A sample hears the speakers: every speaker and up to five listeners.
     let speaker_tones: Vec<f32> = joined.iter().filter_map(|j| j.tone).collect();
@@ -195,6 +201,7 @@ pub async fn run(a: BenchArgs) -> ExitCode {
     println!("    SDK CPU (cores)                               {sdk_cores:>9.3} {:>10.4}", sdk_cores / m);
     println!("    SDK memory (MiB RSS, growth since start)      {:>9.1} {:>10.3}", sdk_rss2 - sdk_rss0, (sdk_rss2 - sdk_rss0) / m);
     println!("    CPU while joining: core {:.2} s, SDK {:.2} s", core_cpu1 - core_cpu0, sdk_cpu1 - sdk_cpu0);
+    println!("    mixer ticks over the hold: {ticks}, late (over 10 ms) {late}, skipped {skipped}");
     println!("\n  sample hears the speakers: {sample_ok} of {} right", sample_report.len());
     for r in &sample_report {
         println!(
@@ -211,6 +218,7 @@ pub async fn run(a: BenchArgs) -> ExitCode {
         "join_ms": {"steps": steps_json, "total": {"p50": percentile(&totals, 50.0), "p95": percentile(&totals, 95.0), "p99": percentile(&totals, 99.0)}},
         "core": {"cpu_cores": core_cores, "cpu_cores_per_party": core_cores / m, "rss_mib": core_rss2 - core_rss0, "rss_mib_per_party": (core_rss2 - core_rss0) / m},
         "sdk": {"cpu_cores": sdk_cores, "cpu_cores_per_party": sdk_cores / m, "rss_mib": sdk_rss2 - sdk_rss0, "rss_mib_per_party": (sdk_rss2 - sdk_rss0) / m},
+        "mixer": {"ticks": ticks, "late_ticks": late, "skipped_ticks": skipped},
         "sample": {"right": sample_ok, "of": sample_report.len(), "parties": sample_report},
     });
     if let Some(dir) = a.out.parent() {
