@@ -134,6 +134,7 @@
 //! | `core` (feature `core`, on by default) | the reference core: the server side with real media |
 
 pub mod audio;
+mod connect;
 #[cfg(feature = "core")]
 pub mod core;
 pub mod error;
@@ -142,12 +143,17 @@ pub mod signaling;
 pub mod spec;
 pub mod steps;
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transcript;
 pub mod wire;
 
 pub use audio::AudioSource;
+pub use connect::ConnectOptions;
 pub use error::{Cause, Error, Result, Stage};
 pub use signaling::{Party, Session, Timeouts};
 pub use steps::{CallEvent, Connected, MediaReady, Offered, S1Accepted, S2Accepted};
+#[cfg(feature = "tls")]
+pub use tls::{TlsError, TlsOptions};
 pub use transcript::{Render, Transcript};
 pub use wire::{ClusterId, ConfId, PartyId, SchemeId};

@@ -46,6 +46,10 @@ pub struct CoreConfig {
     pub timer_ms: u64,
     /// Negative answers a session may earn before it is closed with 1008.
     pub max_errors: u32,
+    /// PEM certificate chain: with `tls_key`, the listen port serves TLS only (`wss://`, `https://`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for CoreConfig {
@@ -60,6 +64,8 @@ impl Default for CoreConfig {
             max_frame_bytes: 16 * 1024,
             timer_ms: 10_000,
             max_errors: 100,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -131,6 +137,7 @@ impl CoreConfig {
         if self.max_frame_bytes < 1024 {
             return Err(format!("max_frame_bytes {} is below 1024", self.max_frame_bytes));
         }
+        super::tls::check(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         if self.media.ip().is_unspecified() && self.announce.is_none() {
             return Err("media listens on all addresses: set announce to the address clients reach".into());
         }

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod mixer;
 pub mod party_media;
+pub mod tls;
 pub mod turn;
 
 use std::collections::{BTreeMap, HashMap};
@@ -116,10 +117,12 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, String> {
         media_timeout: config.media_timeout(),
     };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let shared = Arc::new(Shared { config, env, registry: Mutex::new(Registry::default()), next_session: AtomicU64::new(1) });
+    let tls = tls::acceptor(&config)?;
+    let (ws, http) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
+    let shared = Arc::new(Shared { config, env, tls, registry: Mutex::new(Registry::default()), next_session: AtomicU64::new(1) });
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
-    Ok(CoreHandle { ws_url: format!("ws://{local}/ws"), http_url: format!("http://{local}/"), media_addr, shared, stop, task })
+    Ok(CoreHandle { ws_url: format!("{ws}://{local}/ws"), http_url: format!("{http}://{local}/"), media_addr, shared, stop, task })
 }
 
 /// The shared media socket, with a receive buffer deep enough (4 MiB) that a burst of datagrams
@@ -152,6 +155,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 
 /// Routes a connection: a WebSocket upgrade on `/ws`, or a plain GET for the page.
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let Some(mut stream) = tls::Conn::accept(stream, shared.tls.as_ref(), peer).await else { return };
     let mut head = [0u8; 2048];
     let n = match tokio::time::timeout(Duration::from_secs(5), stream.peek(&mut head)).await {
         Ok(Ok(n)) => n,
@@ -166,7 +170,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     }
 }
 
-async fn serve_page(mut stream: TcpStream, path: &str) {
+async fn serve_page(mut stream: tls::Conn, path: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
@@ -189,6 +193,7 @@ async fn serve_page(mut stream: TcpStream, path: &str) {
 struct Shared {
     config: CoreConfig,
     env: MediaEnv,
+    tls: Option<tls::TlsAcceptor>,
     registry: Mutex<Registry>,
     next_session: AtomicU64,
 }
@@ -386,7 +391,7 @@ struct Cmd {
     params: BTreeMap<String, String>,
 }
 
-async fn serve_websocket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn serve_websocket(stream: tls::Conn, peer: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // The error type is tungstenite's handshake response; it is never built here.
     #[allow(clippy::result_large_err)]
     let accept_subprotocol = |req: &Request, mut resp: Response| {
