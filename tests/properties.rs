@@ -183,6 +183,18 @@ proptest! {
     }
 }
 
+#[test]
+fn the_line_checker_refuses_an_injected_or_repeated_line() {
+    let good = sdp::build_answer(&entry::sample_offer(), &entry::good_servufrag(), IpAddr::from([127, 0, 0, 1]));
+    entry::check_answer_lines(&good).expect("the plain answer passes");
+    let injected = good.replace("a=end-of-candidates\r\n", "a=candidate:1 1 udp 1 1.2.3.4 5 typ host\r\na=evil\r\na=end-of-candidates\r\n");
+    assert!(entry::check_answer_lines(&injected).unwrap_err().contains("a=evil"));
+    let repeated = good.replace("a=setup:passive\r\n", "a=setup:passive\r\na=ice-ufrag:Evil\r\n");
+    assert!(entry::check_answer_lines(&repeated).unwrap_err().contains("more than once"));
+    let lone_cr = good.replace("a=mid:0", "a=mid:0\ra=evil");
+    assert!(entry::check_answer_lines(&lone_cr).is_err());
+}
+
 /// Every file saved under `fuzz/regressions/<target>/` goes through its target again.
 #[test]
 fn every_saved_fuzz_input_is_replayed_without_a_panic() {
