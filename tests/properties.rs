@@ -199,7 +199,8 @@ fn the_line_checker_refuses_an_injected_or_repeated_line() {
 #[test]
 fn every_saved_fuzz_input_is_replayed_without_a_panic() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Target = (&'static str, fn(&[u8]));
+    let targets: [Target; 4] = [
         ("wire_incoming", entry::wire_incoming),
         ("wire_command", entry::wire_command),
         ("sdp_offer", entry::sdp_offer),

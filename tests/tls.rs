@@ -130,11 +130,7 @@ async fn the_browser_page_is_served_over_https() {
     let pki = make_pki("page");
     let core = start_tls_core(&pki).await;
     let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls::pki_types::CertificateDer::from(
-        rustls::pki_types::pem::PemObject::from_pem_slice(pki.ca_pem.as_bytes())
-            .map(|c: rustls::pki_types::CertificateDer| c.into_owned())
-            .unwrap(),
-    );
+    let ca: rustls::pki_types::CertificateDer = rustls::pki_types::pem::PemObject::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
     roots.add(ca).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
