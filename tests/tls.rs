@@ -55,12 +55,21 @@ async fn join(url: &str, options: &ConnectOptions, name: &str, hz: f32) -> Conne
     party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(hz)).await.unwrap_or_else(|e| panic!("{name} joins: {e}"))
 }
 
-/// The shares of `tones` in what `call` hears, after a settling second.
+/// The share of each of `tones` in what `call` hears, after a settling second: the median over
+/// 100 ms windows, so a gap or a concealed packet on a loaded machine does not hide a tone that
+/// is there, while a tone that is absent stays near 0 in every window.
 async fn hear(call: &mut Connected, tones: &[f32]) -> Vec<f64> {
     call.listen(Duration::from_millis(1000)).await.expect("settles");
     let heard = call.listen(Duration::from_millis(1500)).await.expect("hears");
     assert!(heard.len() > 48_000, "audio keeps coming: {} samples", heard.len());
-    tones.iter().map(|&hz| tone_share(&heard, hz)).collect()
+    tones
+        .iter()
+        .map(|&hz| {
+            let mut shares: Vec<f64> = heard.chunks_exact(4800).map(|w| tone_share(w, hz)).collect();
+            shares.sort_by(f64::total_cmp);
+            shares[shares.len() / 2]
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +83,9 @@ async fn two_parties_over_wss_with_the_test_ca_hear_each_other_and_not_themselve
     let mut a = join(&core.ws_url, &options, "a", tones[0]).await;
     let mut b = join(&core.ws_url, &options, "b", tones[1]).await;
     assert!(a.transcript().render(callme::Render::Full).contains("wss://127.0.0.1:"), "the transcript names the wss URL");
-    let (sa, sb) = (hear(&mut a, &tones).await, hear(&mut b, &tones).await);
-    assert!(sa[1] > 0.2 && sa[0] < 0.02, "a hears b's 660 Hz and not its own 440 Hz: {sa:?}");
-    assert!(sb[0] > 0.2 && sb[1] < 0.02, "b hears a's 440 Hz and not its own 660 Hz: {sb:?}");
+    let (sa, sb) = tokio::join!(hear(&mut a, &tones), hear(&mut b, &tones));
+    assert!(sa[1] > 0.5 && sa[0] < 0.02, "a hears b's 660 Hz and not its own 440 Hz: {sa:?}");
+    assert!(sb[0] > 0.5 && sb[1] < 0.02, "b hears a's 440 Hz and not its own 660 Hz: {sb:?}");
     a.leave().await;
     b.leave().await;
     core.stop().await;
