@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target in fuzz/ for SECONDS each (default 60) on the stable toolchain
-# (cargo fuzz, libFuzzer, no sanitizer: `-s none`), starting from the saved regression inputs.
+# (cargo fuzz, libFuzzer, no sanitizer: `-s none`), starting from fuzz/seeds/ and fuzz/regressions/.
 # Prints each target's executions and exits non-zero if any target found a crash; a crashing
 # input is left in fuzz/artifacts/<target>/ (copy it to fuzz/regressions/<target>/ once fixed).
 set -uo pipefail
@@ -15,9 +15,9 @@ cargo fuzz build -s none || exit 1
 
 failed=()
 for target in $(cargo fuzz list); do
-  mkdir -p "corpus/$target" "regressions/$target"
+  mkdir -p "corpus/$target" "seeds/$target" "regressions/$target"
   log="$(mktemp)"
-  cargo fuzz run -s none "$target" "corpus/$target" "regressions/$target" -- \
+  cargo fuzz run -s none "$target" "corpus/$target" "seeds/$target" "regressions/$target" -- \
     -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1
   status=$?
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"

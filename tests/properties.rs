@@ -1,7 +1,8 @@
 //! Property tests of the entry points untrusted input reaches: the wire parser, the command
 //! frame, the offer parser and the answer writer. Every run is the same run: the seed is fixed
 //! and no failure file is written. The fuzz targets' entry points (`fuzz/src/lib.rs`) are
-//! included here, and every saved crash input under `fuzz/regressions/` is replayed through them.
+//! included here, and every input kept under `fuzz/seeds/` and `fuzz/regressions/` is replayed
+//! through them.
 
 #[path = "../fuzz/src/lib.rs"]
 mod entry;
@@ -195,10 +196,10 @@ fn the_line_checker_refuses_an_injected_or_repeated_line() {
     assert!(entry::check_answer_lines(&lone_cr).is_err());
 }
 
-/// Every file saved under `fuzz/regressions/<target>/` goes through its target again.
+/// Every input kept under `fuzz/seeds/<target>/` (examples of real frames and offers) and
+/// `fuzz/regressions/<target>/` (inputs that once crashed a target) goes through its target.
 #[test]
-fn every_saved_fuzz_input_is_replayed_without_a_panic() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+fn every_kept_fuzz_input_is_replayed_without_a_panic() {
     type Target = (&'static str, fn(&[u8]));
     let targets: [Target; 4] = [
         ("wire_incoming", entry::wire_incoming),
@@ -206,16 +207,19 @@ fn every_saved_fuzz_input_is_replayed_without_a_panic() {
         ("sdp_offer", entry::sdp_offer),
         ("sdp_answer", entry::sdp_answer),
     ];
-    let mut replayed = 0;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     for (name, target) in targets {
-        let Ok(dir) = std::fs::read_dir(root.join(name)) else { continue };
-        for file in dir {
-            let path = file.unwrap().path();
-            target(&std::fs::read(&path).unwrap());
-            replayed += 1;
+        let mut replayed = 0;
+        for kind in ["seeds", "regressions"] {
+            let Ok(dir) = std::fs::read_dir(root.join(kind).join(name)) else { continue };
+            for file in dir {
+                let path = file.unwrap().path();
+                target(&std::fs::read(&path).unwrap());
+                replayed += 1;
+            }
         }
+        assert!(replayed >= 1, "no kept input for {name} under {}", root.display());
     }
-    assert!(replayed >= 1, "no regression input found under {}", root.display());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! The fuzz entry points: one function per target, fed raw bytes. Each returns normally for any
 //! input; a panic is a bug. `tests/properties.rs` includes this file too, and replays every file
-//! under `fuzz/regressions/<target>/` through the same function.
+//! under `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/` through the same function.
 //!
 //! | target | what untrusted input reaches |
 //! |---|---|
