@@ -240,6 +240,7 @@
 
 pub mod audio;
 mod call;
+mod connect;
 #[cfg(feature = "core")]
 #[cfg_attr(docsrs, doc(cfg(feature = "core")))]
 pub mod core;
@@ -251,13 +252,18 @@ pub mod signaling;
 pub mod spec;
 mod steps;
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transcript;
 pub mod wire;
 
 pub use audio::AudioSource;
 pub use call::{CallEvent, Connected};
+pub use connect::ConnectOptions;
 pub use error::{Cause, Error, JoinError, Result, Source, Stage};
 pub use signaling::{Party, Session, Timeouts};
 pub use steps::{MediaReady, Offered, S1Accepted, S2Accepted};
+#[cfg(feature = "tls")]
+pub use tls::{TlsError, TlsOptions};
 pub use transcript::{Render, Transcript};
 pub use wire::{ClusterId, ConfId, PartyId, SchemeId};

@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
+use crate::connect::ConnectOptions;
 use crate::error::{Cause, Error, Result, Stage};
 use crate::transcript::{Routing, Side, Transcript, What};
 use crate::wire::{self, Answer, ClusterId, Command, Event, Incoming, Loaded, PartyId, SchemeId, WireError};
@@ -108,25 +109,44 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a WebSocket to `url` (`ws://HOST:PORT/ws`) offering the `PalladaWSData` sub-protocol.
+    /// Opens a WebSocket to `url` (`ws://HOST:PORT/ws`, or `wss://` with the system's roots)
+    /// offering the `PalladaWSData` sub-protocol.
     pub async fn connect(url: &str) -> Result<Session> {
-        Self::connect_with(url, Timeouts::default()).await
+        Self::connect_with_options(url, &ConnectOptions::default()).await
     }
 
     /// [`Session::connect`] with chosen timeouts.
     pub async fn connect_with(url: &str, timeouts: Timeouts) -> Result<Session> {
+        Self::connect_with_options(url, &ConnectOptions::default().with_timeouts(timeouts)).await
+    }
+
+    /// [`Session::connect`] with chosen timeouts and, for `wss://`, the roots to trust
+    /// ([`ConnectOptions`]). A certificate the roots do not vouch for fails at
+    /// [`Stage::Open`] with rustls's reason.
+    pub async fn connect_with_options(url: &str, options: &ConnectOptions) -> Result<Session> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-        let err = |cause| Error::new(Stage::Open, cause);
+        let (err, timeouts) = (|cause| Error::new(Stage::Open, cause), options.timeouts);
         let mut request = url.into_client_request().map_err(|e| err(Cause::Invalid { reason: format!("url {url:?}: {e}") }))?;
         let host = request.uri().host().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_owned());
         request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(wire::SUBPROTOCOL));
-        let (ws, _response) = tokio::time::timeout(timeouts.open, tokio_tungstenite::connect_async(request))
+        let opening = async {
+            match request.uri().scheme_str() {
+                #[cfg(feature = "tls")]
+                Some("wss") => crate::tls::open(request, &options.tls).await.map(|ws| Session::over(websocket_transport(ws), timeouts)),
+                #[cfg(not(feature = "tls"))]
+                Some("wss") => Err(crate::connect::NO_TLS.to_owned()),
+                _ => tokio_tungstenite::connect_async(request)
+                    .await
+                    .map(|(ws, _response)| Session::over(websocket_transport(ws), timeouts))
+                    .map_err(|e| format!("{url}: {e}")),
+            }
+        };
+        let mut session = tokio::time::timeout(timeouts.open, opening)
             .await
             .map_err(|_| err(Cause::TimedOut { waiting_for: format!("the WebSocket {url}"), after: timeouts.open }))?
-            .map_err(|e| err(Cause::transport(format!("{url}: {e}"), e)))?;
-        let mut session = Session::over(websocket_transport(ws), timeouts);
+            .map_err(|reason| err(Cause::transport_text(reason)))?;
         session.host = host;
         session.transcript.record(0, Side::Ws, What::Call { name: "open".into(), detail: url.to_owned() });
         Ok(session)

@@ -65,6 +65,10 @@ pub struct CoreConfig {
     pub idle_timeout_ms: u64,
     /// The read buffer of each WebSocket, in bytes.
     pub ws_read_buffer_bytes: usize,
+    /// PEM certificate chain: with `tls_key`, the listen port serves TLS only (`wss://`, `https://`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for CoreConfig {
@@ -87,6 +91,8 @@ impl Default for CoreConfig {
             ping_interval_ms: 15_000,
             idle_timeout_ms: 45_000,
             ws_read_buffer_bytes: 4096,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -181,6 +187,7 @@ impl CoreConfig {
                 self.idle_timeout_ms, self.ping_interval_ms
             ));
         }
+        super::tls::check(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         if self.media.ip().is_unspecified() && self.announce.is_none() {
             return Err("media listens on all addresses: set announce to the address clients reach".into());
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use super::tls::Conn;
 
 /// The browser client: a page whose script performs the 19 steps.
 const PAGE_HTML: &str = include_str!("web/index.html");
@@ -24,7 +24,7 @@ pub(super) enum Route {
 
 /// Waits (without consuming anything) for the request head, then routes it. `None` when the
 /// peer closes first or sends a head larger than [`MAX_HEAD`] that is no upgrade.
-pub(super) async fn route(stream: &TcpStream) -> Option<Route> {
+pub(super) async fn route(stream: &mut Conn) -> Option<Route> {
     let mut head = vec![0u8; MAX_HEAD];
     loop {
         let n = stream.peek(&mut head).await.ok()?;
@@ -46,7 +46,7 @@ pub(super) async fn route(stream: &TcpStream) -> Option<Route> {
 }
 
 /// Serves the browser page.
-pub(super) async fn serve_page(mut stream: TcpStream, path: &str) {
+pub(super) async fn serve_page(mut stream: Conn, path: &str) {
     let mut buf = [0u8; MAX_HEAD];
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
     let (status, ctype, body) = match path.split('?').next().unwrap_or("/") {

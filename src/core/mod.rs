@@ -27,6 +27,7 @@ pub mod mixer;
 pub mod party_media;
 pub mod registry;
 mod shell;
+pub mod tls;
 pub mod turn;
 
 use std::net::SocketAddr;
@@ -110,10 +111,12 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, String> {
         media_timeout: config.media_timeout(),
     };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let shared = Shared::new(config, env);
+    let tls = tls::acceptor(&config)?;
+    let (ws, http) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
+    let shared = Shared::new(config, env, tls);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
-    Ok(CoreHandle { ws_url: format!("ws://{local}/ws"), http_url: format!("http://{local}/"), media_addr, shared, stop, task })
+    Ok(CoreHandle { ws_url: format!("{ws}://{local}/ws"), http_url: format!("{http}://{local}/"), media_addr, shared, stop, task })
 }
 
 /// The shared media socket, with a receive buffer deep enough (4 MiB) that a burst of datagrams
@@ -148,15 +151,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 /// up to an established WebSocket must finish within `handshake_timeout_ms`.
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(shared.config.handshake_timeout_ms);
+    // TLS first (when configured), then the request head, all within the deadline.
     let handshake = async {
-        match http::route(&stream).await? {
-            http::Route::Page(path) => Some(Err(path)),
-            http::Route::WebSocket => Some(Ok(())),
+        let mut conn = tls::Conn::accept(stream, shared.tls.as_ref(), peer).await?;
+        match http::route(&mut conn).await? {
+            http::Route::Page(path) => Some((conn, Err(path))),
+            http::Route::WebSocket => Some((conn, Ok(()))),
         }
     };
     match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Some(Err(path))) => http::serve_page(stream, &path).await,
-        Ok(Some(Ok(()))) => match tokio::time::timeout_at(deadline, shell::accept(stream, &shared.config)).await {
+        Ok(Some((stream, Err(path)))) => http::serve_page(stream, &path).await,
+        Ok(Some((stream, Ok(())))) => match tokio::time::timeout_at(deadline, shell::accept(stream, &shared.config)).await {
             Ok(Ok(ws)) => shell::serve(ws, peer, shared, stop).await,
             Ok(Err(e)) => tracing::debug!(%peer, "WebSocket handshake failed: {e}"),
             Err(_) => tracing::info!(%peer, "WebSocket handshake timed out"),

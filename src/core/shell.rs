@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use super::tls::{Conn, TlsAcceptor};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -41,6 +41,8 @@ const MAX_WS_MESSAGE: usize = 1 << 20;
 pub(super) struct Shared {
     pub(super) config: CoreConfig,
     pub(super) env: MediaEnv,
+    /// The TLS acceptor when `tls_cert` and `tls_key` are set.
+    pub(super) tls: Option<TlsAcceptor>,
     state: Mutex<State>,
     next_session: AtomicU64,
 }
@@ -104,10 +106,10 @@ enum Work {
 }
 
 impl Shared {
-    pub(super) fn new(config: CoreConfig, env: MediaEnv) -> Arc<Self> {
+    pub(super) fn new(config: CoreConfig, env: MediaEnv, tls: Option<TlsAcceptor>) -> Arc<Self> {
         let registry = Registry::new(RegistryConfig::from_core(&config));
         let state = State { registry, sessions: HashMap::new(), mixers: HashMap::new(), medias: HashMap::new() };
-        Arc::new(Shared { config, env, state: Mutex::new(state), next_session: AtomicU64::new(1) })
+        Arc::new(Shared { config, env, tls, state: Mutex::new(state), next_session: AtomicU64::new(1) })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -283,7 +285,7 @@ pub(super) fn ws_config(config: &CoreConfig) -> WebSocketConfig {
 }
 
 /// The WebSocket handshake, echoing the sub-protocol when offered.
-pub(super) async fn accept(stream: TcpStream, config: &CoreConfig) -> Result<WebSocketStream<TcpStream>, WsError> {
+pub(super) async fn accept(stream: Conn, config: &CoreConfig) -> Result<WebSocketStream<Conn>, WsError> {
     // The error type is tungstenite's handshake response; it is never built here.
     #[allow(clippy::result_large_err)]
     let accept_subprotocol = |req: &Request, mut resp: Response| {
@@ -307,12 +309,12 @@ fn close_for(e: &WsError) -> Option<(u16, String)> {
 }
 
 /// One WebSocket session from open to close.
-pub(super) async fn serve(ws: WebSocketStream<TcpStream>, peer: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+pub(super) async fn serve(ws: WebSocketStream<Conn>, peer: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let id = SessionId(shared.next_session.fetch_add(1, Ordering::Relaxed));
     session(ws, id, shared, stop).instrument(tracing::info_span!("session", %id, %peer)).await;
 }
 
-async fn session(ws: WebSocketStream<TcpStream>, id: SessionId, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn session(ws: WebSocketStream<Conn>, id: SessionId, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let config = &shared.config;
     let (frames_tx, mut frames_rx) = mpsc::channel::<Message>(config.outbound_queue_frames.max(1));
     let (closing_tx, mut closing_rx) = watch::channel::<Option<CloseFrame>>(None);
