@@ -89,7 +89,6 @@ impl PartialEq for Source {
     }
 }
 
-
 /// Why it failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]

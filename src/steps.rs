@@ -312,7 +312,8 @@ impl S2Accepted {
     pub async fn connect(self) -> Result<Connected, JoinError> {
         let S2Accepted { mut join, mut party, offer, core } = self;
         let addr = attempt!(join, party, candidate_addr(&core, party.session.host()).await);
-        let answer = sdp::build_answer(&offer, &core, addr);
+        let answer =
+            attempt!(join, party, sdp::try_build_answer(&offer, &core, addr).map_err(|w| Error::new(Stage::Step(15), Cause::Malformed(w))));
         join.record(15, Side::Local, What::Returned { name: "buildAnswer".into(), detail: answer.clone() });
 
         join.call(16, "setRemoteDescription", "answer");

@@ -667,8 +667,11 @@ impl ServUfrag {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| match c.as_str() {
-                    Some(s) if s.starts_with("candidate:") => Ok(s.to_owned()),
-                    _ => Err(WireError::new(format!("{}[{i}]", f.path("candidates")), "not a candidate: line")),
+                    // RFC 8839's grammar, no line break or foreign attribute can ride along.
+                    Some(s) => crate::media::sdp::check_candidate(s)
+                        .map(|()| s.to_owned())
+                        .map_err(|r| WireError::new(format!("{}[{i}]", f.path("candidates")), r)),
+                    None => Err(WireError::new(format!("{}[{i}]", f.path("candidates")), "not a candidate: line")),
                 })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(WireError::new(f.path("candidates"), "not an array of strings")),

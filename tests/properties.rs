@@ -201,11 +201,12 @@ fn the_line_checker_refuses_an_injected_or_repeated_line() {
 #[test]
 fn every_kept_fuzz_input_is_replayed_without_a_panic() {
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 4] = [
+    let targets: [Target; 5] = [
         ("wire_incoming", entry::wire_incoming),
         ("wire_command", entry::wire_command),
         ("sdp_offer", entry::sdp_offer),
         ("sdp_answer", entry::sdp_answer),
+        ("datagram", entry::datagram),
     ];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     for (name, target) in targets {

@@ -5,9 +5,10 @@
 //! | target | what untrusted input reaches |
 //! |---|---|
 //! | `wire_incoming` | a frame from the core: `Incoming::parse`, then every event and answer reader |
-//! | `wire_command` | a frame from a client: read as a `wire::Command`, written back, read again |
+//! | `wire_command` | a frame from a client: the core's strict reader `Command::parse`, its refusal, the command written back and read again |
 //! | `sdp_offer` | an offer SDP: `sdp::parse_offer`, then the CALLME_S2 params it gives |
 //! | `sdp_answer` | `servufrag` fields through the wire reader into the answer SDP |
+//! | `datagram` | a UDP datagram before authentication: `media::guard::check_datagram`, then webrtc-rs's own RTP/RTCP/STUN parsers on whatever the guard lets through |
 
 use std::net::IpAddr;
 
@@ -35,13 +36,42 @@ pub fn wire_incoming(data: &[u8]) {
     }
 }
 
-/// A frame from a client, as a command: whatever reads as a `Command` is written back by
-/// `to_frame` and reads back the same.
+/// A frame from a client, as the core reads it: a command is written back by `to_frame` and
+/// reads back the same; a refusal names a field and becomes a frame.
 pub fn wire_command(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(cmd) = serde_json::from_str::<Command>(text) {
-        let again: Command = serde_json::from_str(&cmd.to_frame()).expect("a written command reads back");
-        assert_eq!(again, cmd);
+    match Command::parse(text, &wire::CommandLimits::default()) {
+        Ok(cmd) => {
+            let again = Command::parse(&cmd.to_frame(), &wire::CommandLimits { max_frame_bytes: usize::MAX })
+                .expect("a written command reads back");
+            assert_eq!(again, cmd);
+        }
+        Err(e) => {
+            assert!(!e.field.is_empty(), "a refusal without a field: {e:?}");
+            let _ = e.reply();
+        }
+    }
+}
+
+/// A datagram from anyone, before authentication: what the guard lets through, webrtc-rs's
+/// parsers read without panicking.
+pub fn datagram(data: &[u8]) {
+    use callme::media::guard::{check_datagram, Datagram};
+    use webrtc::util::marshal::Unmarshal;
+    match check_datagram(data) {
+        Ok(Datagram::Rtp { .. }) => {
+            let mut buf = data;
+            let _ = webrtc::rtp::header::Header::unmarshal(&mut buf);
+        }
+        Ok(Datagram::Rtcp { .. }) => {
+            let mut buf = data;
+            let _ = webrtc::rtcp::header::Header::unmarshal(&mut buf);
+        }
+        Ok(Datagram::Stun) => {
+            let mut m = webrtc::stun::message::Message::new();
+            let _ = m.unmarshal_binary(data);
+        }
+        Ok(_) | Err(_) => {}
     }
 }
 

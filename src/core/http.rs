@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::tls::Conn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The browser client: a page whose script performs the 19 steps.
 const PAGE_HTML: &str = include_str!("web/index.html");

@@ -40,10 +40,10 @@ use tokio::task::JoinHandle;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::peer_connection::certificate::RTCCertificate;
 
+use crate::wire::ConfId;
 pub use config::{CoreConfig, TurnConfig};
 use party_media::MediaEnv;
 use shell::Shared;
-use crate::wire::ConfId;
 
 /// A running core.
 pub struct CoreHandle {

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::{SinkExt, StreamExt};
 use super::tls::{Conn, TlsAcceptor};
+use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -155,14 +155,7 @@ impl Shared {
     }
 
     /// Starts a party's media and reports the outcome to the registry.
-    async fn start_media(
-        self: Arc<Self>,
-        conf: ConfId,
-        party: PartyId,
-        generation: u64,
-        offer: OfferFacts,
-        mixer: Option<mixer::Mixer>,
-    ) {
+    async fn start_media(self: Arc<Self>, conf: ConfId, party: PartyId, generation: u64, offer: OfferFacts, mixer: Option<mixer::Mixer>) {
         let started = match mixer {
             None => Err("the conference ended".to_owned()),
             Some(mixer) => {
