@@ -23,18 +23,30 @@ use crate::wire::{
 
 /// The fixed values the scripted core uses.
 pub mod values {
+    /// `ClusterID`.
     pub const CLUSTER: u64 = 1;
+    /// The running conference (`confdata.ID`).
     pub const CONF: u64 = 7;
+    /// The session's own party (`SVPartyID`).
     pub const PARTY: u64 = 3;
+    /// Another party of the conference.
     pub const OTHER_PARTY: u64 = 4;
+    /// `servdesc.serveraddr`.
     pub const SERVERADDR: &str = "turn:127.0.0.1:3478?transport=udp";
+    /// `servdesc.username` (a secret: redacted).
     pub const TURN_USER: &str = "1764000000:3";
+    /// `servdesc.credential` (a secret: redacted).
     pub const TURN_PASS: &str = "aGVsbG8gdHVybiBzZWNyZXQ=";
+    /// `servufrag.ufrag`.
     pub const CORE_UFRAG: &str = "CoRe";
+    /// `servufrag.pwd`.
     pub const CORE_PWD: &str = "corepasswordcorepassword";
+    /// `servufrag.fingerprint`.
     pub const CORE_FINGERPRINT: &str =
         "sha-256 C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E:C0:4E";
+    /// `servufrag.port`.
     pub const CORE_PORT: u16 = 40000;
+    /// `servufrag.addr`.
     pub const CORE_ADDR: &str = "127.0.0.1";
 }
 use values::*;
@@ -43,8 +55,11 @@ use values::*;
 /// `"CALLME_S1"`, `"CALLME_S2"`).
 pub type On = &'static str;
 
-/// One way for the core or the network to misbehave.
+/// One way for the core or the network to misbehave. In every variant `on` is the command after
+/// which the fault applies (each time the core receives it).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+#[allow(missing_docs)] // the fields: `on` as above; the rest as each variant's line says
 pub enum Fault {
     /// A negative answer with this code, class and text.
     Refuse { on: On, code: i64, class: &'static str, text: &'static str },
@@ -119,6 +134,7 @@ struct State {
 pub struct ScriptedCore(Arc<Mutex<State>>);
 
 impl ScriptedCore {
+    /// A core that behaves well.
     pub fn new() -> Self {
         Self::default()
     }

@@ -272,8 +272,11 @@ impl Command {
 /// A negative result of an answer: the core's code, class and text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
+    /// `result.code`, 100 and above (`code::*`).
     pub code: i64,
+    /// A short machine word: `proto`, `auth`, `conf`, `media`, `limit`.
     pub class: String,
+    /// A sentence a person can act on, naming the bad field.
     pub text: String,
 }
 

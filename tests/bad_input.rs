@@ -197,7 +197,9 @@ async fn every_bad_frame_gets_its_own_code_naming_the_field_and_the_call_goes_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_keeps_sending_garbage_is_closed_with_1008() {
-    let config = CoreConfig { max_errors: 5, ..CoreConfig::loopback_ephemeral() };
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.max_errors = 5;
+    });
     let core = core::start(config).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
     for _ in 0..10 {

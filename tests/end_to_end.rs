@@ -10,7 +10,9 @@ use callme::{AudioSource, ClusterId, Connected, SchemeId, Session};
 
 async fn start_core() -> CoreHandle {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let config = CoreConfig { media_timeout_ms: 3000, ..CoreConfig::loopback_ephemeral() };
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.media_timeout_ms = 3000;
+    });
     core::start(config).await.expect("the core starts")
 }
 

@@ -21,7 +21,11 @@ fn cpu_seconds() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_conferences_without_media_cost_no_cpu_and_a_call_beside_them_is_heard() {
-    let core = core::start(CoreConfig { media_timeout_ms: 3000, ..CoreConfig::loopback_ephemeral() }).await.expect("the core starts");
+    let core = core::start(CoreConfig::loopback_ephemeral().with(|c| {
+        c.media_timeout_ms = 3000;
+    }))
+    .await
+    .expect("the core starts");
 
     // 300 conferences, loaded by 50 sessions of 6 each (a session may start 8); the sessions stay open.
     let mut sockets = Vec::new();

@@ -13,7 +13,10 @@ use callme::{AudioSource, ClusterId, Connected, SchemeId, Session};
 /// A core announcing 127.0.0.2, and the relay in front of it.
 async fn core_behind_nat() -> (CoreHandle, Relay) {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let config = CoreConfig { announce: Some("127.0.0.2".parse().unwrap()), media_timeout_ms: 3000, ..CoreConfig::loopback_ephemeral() };
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.announce = Some("127.0.0.2".parse().unwrap());
+        c.media_timeout_ms = 3000;
+    });
     let core = core::start(config).await.expect("the core starts");
     let public = format!("127.0.0.2:{}", core.media_addr.port()).parse().unwrap();
     let relay = Relay::start(public, "127.0.0.3".parse().unwrap(), core.media_addr, Impairment::default()).await.expect("the relay starts");
@@ -28,9 +31,9 @@ async fn join(core: &CoreHandle, name: &str, hz: f32) -> Connected {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_parties_behind_an_announced_address_hear_each_other_and_not_themselves() {
     let (core, relay) = core_behind_nat().await;
-    let mut a = join(&core, "a", 440.0).await;
+    let a = join(&core, "a", 440.0).await;
     assert_eq!(a.servufrag().addr.as_deref(), Some("127.0.0.2"), "servufrag announces the relay's address");
-    let mut b = join(&core, "b", 660.0).await;
+    let b = join(&core, "b", 660.0).await;
 
     a.listen(Duration::from_millis(1000)).await.expect("a settles");
     b.listen(Duration::from_millis(200)).await.expect("b settles");

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 bash tests/setup.sh --tests
 cargo build --all-features --tests --bins --examples
-cargo build --lib --no-default-features   # the SDK alone, as a library user gets it
+cargo build --lib --no-default-features   # the SDK alone, without TLS
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet   # the rustdoc builds without a warning
 
 run='ip link set lo up && cargo test --offline --all-features --no-fail-fast -- --include-ignored'
 if [ "$(id -u)" = 0 ]; then

@@ -19,7 +19,11 @@ use tokio_tungstenite::tungstenite::Message;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn quiet_config() -> CoreConfig {
-    CoreConfig { timer_ms: 0, ping_interval_ms: 0, idle_timeout_ms: 0, ..CoreConfig::loopback_ephemeral() }
+    CoreConfig::loopback_ephemeral().with(|c| {
+        c.timer_ms = 0;
+        c.ping_interval_ms = 0;
+        c.idle_timeout_ms = 0;
+    })
 }
 
 fn addr_of(core: &CoreHandle) -> String {
@@ -154,7 +158,11 @@ async fn raw_close(s: &mut TcpStream) -> Option<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_does_not_read_is_closed_with_1008_and_another_session_is_served_throughout() {
     let _serial = SERIAL.lock().await;
-    let core = core::start(CoreConfig { outbound_queue_frames: 16, ..quiet_config() }).await.unwrap();
+    let core = core::start(quiet_config().with(|c| {
+        c.outbound_queue_frames = 16;
+    }))
+    .await
+    .unwrap();
     let mut other = ws_connect(&core).await;
     let a = ws_answer(&mut other, load_frame(1, 5, "reader"), 1).await;
     assert_eq!(a.code, code::OK);
@@ -210,7 +218,11 @@ async fn a_session_that_does_not_read_is_closed_with_1008_and_another_session_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_above_max_sessions_is_closed_at_once_with_1013() {
     let _serial = SERIAL.lock().await;
-    let core = core::start(CoreConfig { max_sessions: 2, ..quiet_config() }).await.unwrap();
+    let core = core::start(quiet_config().with(|c| {
+        c.max_sessions = 2;
+    }))
+    .await
+    .unwrap();
     let mut first = ws_connect(&core).await;
     assert_eq!(ws_answer(&mut first, loadlist_frame(1), 1).await.code, code::OK);
     let mut second = ws_connect(&core).await;
@@ -235,7 +247,11 @@ async fn a_session_above_max_sessions_is_closed_at_once_with_1013() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_upgrade_is_disconnected_after_the_handshake_timeout() {
     let _serial = SERIAL.lock().await;
-    let core = core::start(CoreConfig { handshake_timeout_ms: 300, ..quiet_config() }).await.unwrap();
+    let core = core::start(quiet_config().with(|c| {
+        c.handshake_timeout_ms = 300;
+    }))
+    .await
+    .unwrap();
     let addr = addr_of(&core);
     let mut silent = TcpStream::connect(&addr).await.unwrap();
     let mut half = TcpStream::connect(&addr).await.unwrap();
@@ -259,7 +275,12 @@ async fn an_unfinished_upgrade_is_disconnected_after_the_handshake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_answers_no_ping_is_closed_and_its_party_freed_for_everyone() {
     let _serial = SERIAL.lock().await;
-    let core = core::start(CoreConfig { ping_interval_ms: 200, idle_timeout_ms: 800, ..quiet_config() }).await.unwrap();
+    let core = core::start(quiet_config().with(|c| {
+        c.ping_interval_ms = 200;
+        c.idle_timeout_ms = 800;
+    }))
+    .await
+    .unwrap();
     let mut alive = ws_connect(&core).await;
     assert_eq!(ws_answer(&mut alive, load_frame(1, 4, "alive"), 1).await.code, code::OK);
 
@@ -318,7 +339,12 @@ async fn protocol_violations_get_their_rfc_6455_close_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_display_name_and_too_many_conferences_are_refused_by_code() {
     let _serial = SERIAL.lock().await;
-    let core = core::start(CoreConfig { max_name_len: 10, max_conferences_per_session: 2, ..quiet_config() }).await.unwrap();
+    let core = core::start(quiet_config().with(|c| {
+        c.max_name_len = 10;
+        c.max_conferences_per_session = 2;
+    }))
+    .await
+    .unwrap();
     let mut ws = ws_connect(&core).await;
     let a = ws_answer(&mut ws, load_frame(1, 1, "eleven char"), 1).await;
     let r = a.refusal(&[code::OK]).expect("refused");
@@ -341,7 +367,12 @@ fn rss_bytes() -> usize {
 /// The resident memory each idle, upgraded WebSocket adds to the process (core and raw client
 /// together), over `n` sockets.
 async fn rss_per_idle_socket(read_buffer: usize, n: usize) -> usize {
-    let core = core::start(CoreConfig { ws_read_buffer_bytes: read_buffer, max_sessions: n + 30, ..quiet_config() }).await.unwrap();
+    let core = core::start(quiet_config().with(|c| {
+        c.ws_read_buffer_bytes = read_buffer;
+        c.max_sessions = n + 30;
+    }))
+    .await
+    .unwrap();
     let addr = addr_of(&core);
     // Warm up: the first sockets pay for one-time allocations.
     let mut warm = Vec::new();

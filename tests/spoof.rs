@@ -24,7 +24,10 @@ const SHORT_RTCP: [u8; 8] = [0x80, 0xC9, 0x00, 0x01, 0x00, 0x00, 0x00, 0x07];
 
 async fn core_behind_relay() -> (CoreHandle, Relay) {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let config = CoreConfig { announce: Some("127.0.0.2".parse().unwrap()), media_timeout_ms: 3000, ..CoreConfig::loopback_ephemeral() };
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.announce = Some("127.0.0.2".parse().unwrap());
+        c.media_timeout_ms = 3000;
+    });
     let core = core::start(config).await.expect("the core starts");
     let public = format!("127.0.0.2:{}", core.media_addr.port()).parse().unwrap();
     let relay = Relay::start(public, "127.0.0.3".parse().unwrap(), core.media_addr, Impairment::default()).await.expect("the relay starts");
@@ -81,7 +84,7 @@ async fn the_overlong_extension_packet_from_either_side_ends_no_audio() {
         relay.inject_to_client(addr, &OVERLONG_EXTENSION).await.unwrap();
         relay.inject_to_client(addr, &SHORT_RTCP).await.unwrap();
     }
-    b.skip_heard();
+    b.skip_heard().await;
     hears_throughout(&mut a, "a", 660.0, 440.0, 4).await;
     hears_throughout(&mut b, "b", 440.0, 660.0, 2).await;
     assert_eq!(core.stats().parties_with_media, 2, "nothing was reported: both parties keep their media");
@@ -109,8 +112,8 @@ async fn a_flood_of_forged_ssrcs_is_dropped_and_the_call_goes_on() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    a.skip_heard();
-    b.skip_heard();
+    a.skip_heard().await;
+    b.skip_heard().await;
     hears_throughout(&mut a, "a", 660.0, 440.0, 2).await;
     hears_throughout(&mut b, "b", 440.0, 660.0, 2).await;
     assert_eq!(core.stats().parties_with_media, 2);

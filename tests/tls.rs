@@ -41,7 +41,10 @@ fn make_pki(name: &str) -> Pki {
 }
 
 async fn start_tls_core(pki: &Pki) -> CoreHandle {
-    let config = CoreConfig { tls_cert: Some(pki.cert.clone()), tls_key: Some(pki.key.clone()), ..CoreConfig::loopback_ephemeral() };
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.tls_cert = Some(pki.cert.clone());
+        c.tls_key = Some(pki.key.clone());
+    });
     core::start(config).await.expect("the core starts with TLS")
 }
 

@@ -57,10 +57,9 @@ fn start_coturn(secret: &str) -> Turn {
 }
 
 async fn start_core(turn_port: u16, secret: &str) -> CoreHandle {
-    let config = CoreConfig {
-        turn: Some(TurnConfig { url: format!("turn:127.0.0.1:{turn_port}?transport=udp"), secret: secret.into(), ttl_secs: 600 }),
-        ..CoreConfig::loopback_ephemeral()
-    };
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.turn = Some(TurnConfig::new(format!("turn:127.0.0.1:{turn_port}?transport=udp"), secret).with_ttl_secs(600));
+    });
     core::start(config).await.unwrap()
 }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 /// A TURN server whose credentials the core mints (TURN REST: `use-auth-secret`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TurnConfig {
     /// The URL given to clients, e.g. `turn:127.0.0.1:3478?transport=udp`.
     pub url: String,
@@ -24,9 +25,23 @@ fn default_turn_ttl() -> u64 {
     3600
 }
 
+impl TurnConfig {
+    /// A TURN server at `url` sharing `secret`, credentials valid for an hour.
+    pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Self {
+        TurnConfig { url: url.into(), secret: secret.into(), ttl_secs: default_turn_ttl() }
+    }
+
+    /// Credentials valid for this many seconds.
+    pub fn with_ttl_secs(mut self, secs: u64) -> Self {
+        self.ttl_secs = secs;
+        self
+    }
+}
+
 /// Everything the core can be told.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct CoreConfig {
     /// Where the WebSocket (and the browser page) listens.
     pub listen: SocketAddr,
@@ -98,6 +113,13 @@ impl Default for CoreConfig {
 }
 
 impl CoreConfig {
+    /// This configuration, changed by `f` (the struct is `#[non_exhaustive]`: new keys come):
+    /// `CoreConfig::loopback_ephemeral().with(|c| c.media_timeout_ms = 3000)`.
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
     /// The defaults on loopback with ports the system picks: for a core in a test, a demo or a
     /// benchmark, beside anything else running.
     pub fn loopback_ephemeral() -> Self {

@@ -110,14 +110,6 @@ impl JitterBuffer {
             None => Pop::Lost,
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.packets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.packets.is_empty()
-    }
 }
 
 /// A gain that drops at once to keep peaks under [`CEILING`] and recovers smoothly, then a soft
@@ -152,6 +144,7 @@ impl Limiter {
         }));
     }
 
+    #[cfg(test)]
     pub fn gain(&self) -> f32 {
         self.gain
     }
@@ -264,20 +257,11 @@ impl MixerCore {
         self.slots.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// A packet from a party (unknown parties' packets are dropped).
     pub fn push(&mut self, party: PartyId, seq: u16, payload: Bytes) {
         if let Some(s) = self.slots.get_mut(&party) {
             s.jitter.push(seq, payload);
         }
-    }
-
-    /// The parties speaking at the last tick.
-    pub fn speakers(&self) -> Vec<PartyId> {
-        self.slots.iter().filter(|(_, s)| s.speaking()).map(|(p, _)| *p).collect()
     }
 
     /// One 20 ms tick: decode one frame per party, mix, encode; one packet per party.
@@ -370,7 +354,7 @@ impl Default for MixerConfig {
 pub struct MixerStats {
     /// Ticks run (each decodes, mixes and encodes one 20 ms frame).
     pub ticks: u64,
-    /// Ticks that started later than [`MixerConfig::late_after`] after they were due.
+    /// Ticks that started later than the late bound (10 ms by default) after they were due.
     pub late_ticks: u64,
     /// Ticks left out to catch up after the thread was held up for more than two frames.
     pub skipped_ticks: u64,

@@ -9,12 +9,12 @@
 //!
 //! Three parts:
 //!
-//! - [`registry`]: sessions, conferences, parties, who owns what, the roster. Plain code with no
+//! - `registry`: sessions, conferences, parties, who owns what, the roster. Plain code with no
 //!   IO: each input returns the effects to carry out.
-//! - [`shell`]: the WebSocket sessions (bounded queues, caps, pings, timeouts, close codes) and
+//! - `shell`: the WebSocket sessions (bounded queues, caps, pings, timeouts, close codes) and
 //!   the one place where the registry's effects become frames, mixers and media; `http` routes
 //!   a connection and serves the browser page.
-//! - media: [`party_media`] (one party's PeerConnection) and [`mixer`] (one per conference).
+//! - media: `party_media` (one party's PeerConnection) and `mixer` (one per conference).
 //!
 //! Frames are read and written by the [`crate::wire`] types the SDK uses. Bad input from a peer
 //! becomes a negative answer with its own code (or a `session.error` event when no `seq` can be
@@ -23,12 +23,12 @@
 
 pub mod config;
 mod http;
-pub mod mixer;
-pub mod party_media;
-pub mod registry;
+mod mixer;
+mod party_media;
+mod registry;
 mod shell;
-pub mod tls;
-pub mod turn;
+mod tls;
+mod turn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +42,7 @@ use webrtc::peer_connection::certificate::RTCCertificate;
 
 use crate::wire::ConfId;
 pub use config::{CoreConfig, TurnConfig};
+pub use mixer::MixerStats;
 use party_media::MediaEnv;
 use shell::Shared;
 

@@ -310,16 +310,6 @@ impl PartyMedia {
         Ok((tasks, ice))
     }
 
-    /// The PeerConnection's state now.
-    pub fn state(&self) -> RTCPeerConnectionState {
-        self.pc.connection_state()
-    }
-
-    /// What the datagram guard in front of this party's PeerConnection has passed and dropped.
-    pub fn guard(&self) -> Arc<GuardStats> {
-        self.guard.clone()
-    }
-
     /// Stops every task and closes the PeerConnection (its ufrag leaves the shared port).
     pub async fn close(mut self) {
         if self.guard.dropped() > 0 {

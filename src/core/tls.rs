@@ -120,11 +120,6 @@ impl Conn {
             }
         }
     }
-
-    /// Whether the connection is TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Conn::Tls { .. })
-    }
 }
 
 impl AsyncRead for Conn {

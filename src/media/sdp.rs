@@ -8,23 +8,33 @@ use serde::Serialize;
 
 use crate::wire::{self, ServUfrag, WireError};
 
-/// Extension URIs the core may use.
+/// The RFC 6464 audio-level header extension's URI.
 pub const EXT_AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// The RFC 8843 `sdes:mid` header extension's URI.
 pub const EXT_SDES_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 
 /// What the client's offer says that the core needs (CALLME_S2's params).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OfferFacts {
+    /// `a=ice-ufrag`.
     pub ufrag: String,
+    /// `a=ice-pwd`.
     pub pwd: String,
     /// `"sha-256 AB:CD:..."`.
     pub fingerprint: String,
+    /// `a=mid` of the audio section.
     pub mid: String,
+    /// The Opus payload type (`a=rtpmap:<pt> opus/48000/2`).
     pub opus_pt: u8,
+    /// The Opus `a=fmtp` parameters.
     pub opus_fmtp: String,
+    /// The id of the audio-level header extension, if offered.
     pub ext_audio_level: Option<u8>,
+    /// The id of the `sdes:mid` header extension, if offered.
     pub ext_mid: Option<u8>,
+    /// The SSRC of the offered audio, if the offer names one.
     pub ssrc: Option<u32>,
+    /// The CNAME of that SSRC.
     pub cname: Option<String>,
     /// Whether the offer groups its media with BUNDLE.
     pub bundle: bool,

@@ -321,7 +321,7 @@ async fn run_core(a: CoreArgs) -> ExitCode {
                     let s = core.stats();
                     let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
                     let mixers = core.mixer_stats();
-                    let sum = |f: fn(&core::mixer::MixerStats) -> u64| mixers.iter().map(|(_, m)| f(m)).sum::<u64>();
+                    let sum = |f: fn(&core::MixerStats) -> u64| mixers.iter().map(|(_, m)| f(m)).sum::<u64>();
                     let counts = serde_json::json!({"sessions": s.sessions, "conferences": s.conferences, "parties": s.parties,
                         "parties_with_media": s.parties_with_media, "tasks": tasks,
                         "mixer": {"ticks": sum(|m| m.ticks), "late_ticks": sum(|m| m.late_ticks), "skipped_ticks": sum(|m| m.skipped_ticks),

@@ -188,7 +188,7 @@ fn callme_s1_on_the_own_party_answers_and_sends_servdesc() {
 
 #[test]
 fn callme_s1_with_turn_mints_credentials_for_the_party() {
-    let mut r = registry_with(|c| c.turn = Some(TurnConfig { url: "turn:127.0.0.1:3478".into(), secret: "north".into(), ttl_secs: 600 }));
+    let mut r = registry_with(|c| c.turn = Some(TurnConfig::new("turn:127.0.0.1:3478", "north").with_ttl_secs(600)));
     let l = loaded(&load(&mut r, A, 7, "a"), A).loaded;
     let e = r.handle_command(A, callme("CALLME_S1", 2, l.conf, l.party), 1_700_000_000);
     let d = ServDesc::from_event(&events(&e, A)[0]).unwrap();
