@@ -186,15 +186,7 @@ pub fn timer_event() -> Value {
 
 /// A `conf.changed` announcing another party.
 pub fn conf_changed_event() -> Value {
-    let other = PartyData {
-        id: PartyId(OTHER_PARTY),
-        index: 1,
-        old_index: None,
-        layer: 3,
-        state: PartyData::LOADED,
-        mic_on: true,
-        name: "other".into(),
-    };
+    let other = PartyData::new(PartyId(OTHER_PARTY), 1, "other");
     ConfChanged { cluster: ClusterId(CLUSTER), conf: ConfId(CONF), add: vec![other], ..ConfChanged::default() }.to_event().to_value()
 }
 
@@ -237,13 +229,14 @@ impl State {
             seq: e.seq.unwrap_or(0),
             obj: e.obj,
             params: Default::default(),
+            query: None,
         });
         let name = cmd.cmd.clone();
         let seq = cmd.seq;
         let ok_answer = match name.as_str() {
             "load" => {
                 let loaded = Loaded { cluster: ClusterId(CLUSTER), conf: ConfId(CONF), party: PartyId(PARTY), control: false, code: 0 };
-                LoadAnswer { loaded, index: 0, parties: Vec::new() }.to_answer(&cmd)
+                LoadAnswer { loaded, index: 0, parties: Vec::new(), resume_token: None }.to_answer(&cmd)
             }
             "CALLME_S1" | "CALLME_S2" | "CALLME_BYE" => Answer::positive(&cmd),
             _ => Answer::negative(&cmd, &Refusal::proto(103, format!("unknown command {name}"))),

@@ -80,6 +80,10 @@ pub mod code {
     pub const UNKNOWN_OBJ: i64 = 104;
     /// A param is missing or malformed (the text names it).
     pub const BAD_PARAM: i64 = 105;
+    /// `query.name` is not a query the core knows (`q_cplxLogin` is the only one).
+    pub const UNKNOWN_QUERY: i64 = 106;
+    /// A param is longer than its limit (`msg`, `sLogin`, `sPassword`; the text names it).
+    pub const TOO_LONG: i64 = 107;
     /// No such conference.
     pub const NO_CONFERENCE: i64 = 200;
     /// No such party in the conference.
@@ -97,6 +101,10 @@ pub mod code {
     /// `cd.load` would start a conference, and the session has started as many as the core
     /// allows one session (`max_conferences_per_session`).
     pub const TOO_MANY_CONFERENCES: i64 = 207;
+    /// The core has accounts and the session has not logged in (`q_cplxLogin`) yet.
+    pub const LOGIN_REQUIRED: i64 = 208;
+    /// The session has logged in already; one login per session.
+    pub const ALREADY_LOGGED_IN: i64 = 209;
     /// The core could not set up media for the party.
     pub const MEDIA_FAILED: i64 = 300;
 }
@@ -125,11 +133,82 @@ pub struct Command {
     pub cmd: String,
     /// The transaction number echoed in the answer; `0`: no answer wanted.
     pub seq: u64,
-    /// The addressee: `cd` or `conf`.
+    /// The addressee: `cd` or `conf` (empty for a `query`, which has none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub obj: String,
     /// The params, every value as a string (numbers sent as JSON numbers are read as their digits).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// The database query of `cmd` `query` (the login, `q_cplxLogin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<Query>,
+}
+
+/// The `query` member of a `query` command: a named database query of the VSP core.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// The query's name, e.g. `q_cplxLogin`.
+    pub name: String,
+    /// Its params, every value a string.
+    #[serde(default)]
     pub params: BTreeMap<String, String>,
 }
+
+/// The login query (`docs/protocol.md`, "Logging in").
+pub mod login {
+    /// `cmd` of a query.
+    pub const CMD: &str = "query";
+    /// `query.name` of the login.
+    pub const QUERY: &str = "q_cplxLogin";
+    /// The login param.
+    pub const LOGIN: &str = "sLogin";
+    /// The password param: a secret, never written to a transcript or a log.
+    pub const PASSWORD: &str = "sPassword";
+    /// What a transcript shows in place of the password.
+    pub const REDACTED: &str = "<redacted>";
+}
+
+/// `RETCODE` of the login answer.
+pub mod retcode {
+    /// Login OK, a user.
+    pub const USER: i64 = 2;
+    /// Login OK, an administrator (controls conferences).
+    pub const ADMIN: i64 = 3;
+    /// Login OK, a system administrator (controls conferences).
+    pub const SYSADMIN: i64 = 12;
+    /// Login error: unknown login or wrong password.
+    pub const LOGIN_ERROR: i64 = 4;
+    /// Low privileges.
+    pub const LOW_PRIVILEGES: i64 = 5;
+
+    /// Whether the code means logged in.
+    pub fn is_ok(code: i64) -> bool {
+        matches!(code, USER | ADMIN | SYSADMIN)
+    }
+
+    /// Whether the code means a login that controls conferences (`bControl`).
+    pub fn controls(code: i64) -> bool {
+        matches!(code, ADMIN | SYSADMIN)
+    }
+
+    /// What the code means, in words.
+    pub fn meaning(code: i64) -> &'static str {
+        match code {
+            USER => "login OK (user)",
+            ADMIN => "login OK (admin)",
+            SYSADMIN => "login OK (system administrator)",
+            LOGIN_ERROR => "login error: unknown login or wrong password",
+            LOW_PRIVILEGES => "low privileges",
+            _ => "a RETCODE this client does not know",
+        }
+    }
+}
+
+/// `cd.load`'s param for coming back as the same party.
+pub const RESUME_TOKEN: &str = "ResumeToken";
+
+/// The longest `msg` of `INSTANTMSG`, in characters.
+pub const MAX_MSG_CHARS: usize = 1000;
 
 /// What the core's command reader enforces besides the framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +257,7 @@ impl CommandError {
     pub fn reply(&self) -> Incoming {
         match self.seq {
             Some(seq) if seq > 0 => {
-                let at = Command { cmd: self.cmd.clone(), seq, obj: self.obj.clone(), params: BTreeMap::new() };
+                let at = Command { cmd: self.cmd.clone(), seq, obj: self.obj.clone(), params: BTreeMap::new(), query: None };
                 Incoming::Answer(Answer::negative(&at, &self.refusal()))
             }
             _ => Incoming::Event(SessionError(self.refusal()).to_event()),
@@ -189,7 +268,51 @@ impl CommandError {
 impl Command {
     /// A command with no params yet; `seq` is filled in by the session.
     pub fn new(obj: &str, cmd: &str) -> Self {
-        Command { cmd: cmd.to_owned(), seq: 0, obj: obj.to_owned(), params: BTreeMap::new() }
+        Command { cmd: cmd.to_owned(), seq: 0, obj: obj.to_owned(), params: BTreeMap::new(), query: None }
+    }
+
+    /// The login query: `q_cplxLogin` with `sLogin` and `sPassword` (and the VSP core's other
+    /// params at their web-login values).
+    pub fn login(user: &str, password: &str) -> Self {
+        let params = [(login::LOGIN, user), (login::PASSWORD, password), ("iWebLogin", "1"), ("sSSOSID", ""), ("iSSO_CREATE_ASSOC", "0")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Command { query: Some(Query { name: login::QUERY.to_owned(), params }), ..Command::new("", login::CMD) }
+    }
+
+    /// `SETMIC`: the party's microphone on or off.
+    pub fn set_mic(at: PartyRef, on: bool) -> Self {
+        at.params(Command::new("conf", "SETMIC")).param("bMicOn", u8::from(on))
+    }
+
+    /// `INSTANTMSG`: a chat line to the conference.
+    pub fn instant_msg(cluster: ClusterId, conf: ConfId, msg: &str, color: Option<&str>) -> Self {
+        let c = Command::new("conf", "INSTANTMSG").param("ClusterID", cluster).param("ID", conf).param("msg", msg);
+        match color {
+            Some(color) => c.param("color", color),
+            None => c,
+        }
+    }
+
+    /// `DELPARTY`: the party leaves the conference.
+    pub fn del_party(at: PartyRef) -> Self {
+        at.params(Command::new("conf", "DELPARTY"))
+    }
+
+    /// A param of the query, if present.
+    pub fn query_text(&self, key: &str) -> Option<&str> {
+        self.query.as_ref().and_then(|q| q.params.get(key)).map(String::as_str)
+    }
+
+    /// The frame as it may be shown: the password of a login replaced by
+    /// [`login::REDACTED`].
+    pub fn to_shown_frame(&self) -> String {
+        let mut shown = self.clone();
+        if let Some(p) = shown.query.as_mut().and_then(|q| q.params.get_mut(login::PASSWORD)) {
+            *p = login::REDACTED.to_owned();
+        }
+        shown.to_frame()
     }
 
     /// Adds a param; every value goes on the wire as a JSON string.
@@ -232,29 +355,36 @@ impl Command {
             e.reason = reason;
             Err(e)
         };
+        let is_query = err.cmd == login::CMD;
         for key in ["cmd", "obj"] {
             match o.get(key) {
+                None if key == "obj" && is_query => {}
                 None => return fail(code::BAD_FRAME, key, "missing".into()),
                 Some(Value::String(_)) => {}
                 Some(_) => return fail(code::BAD_FRAME, key, "not a string".into()),
             }
         }
-        let mut params = BTreeMap::new();
-        match o.get("params") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(p)) => {
-                for (k, v) in p {
-                    let s = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        _ => return fail(code::BAD_PARAM, &format!("param {k}"), "not a string or number".into()),
-                    };
-                    params.insert(k.clone(), s);
+        let params = match string_params(o.get("params"), "params", "param ") {
+            Ok(p) => p,
+            Err((code, field, reason)) => return fail(code, &field, reason),
+        };
+        let query = match (is_query, o.get("query")) {
+            (false, _) => None,
+            (true, None) => return fail(code::BAD_FRAME, "query", "missing".into()),
+            (true, Some(Value::Object(q))) => {
+                let name = match q.get("name") {
+                    None => return fail(code::BAD_FRAME, "query.name", "missing".into()),
+                    Some(Value::String(n)) => n.clone(),
+                    Some(_) => return fail(code::BAD_FRAME, "query.name", "not a string".into()),
+                };
+                match string_params(q.get("params"), "query.params", "query.params.") {
+                    Ok(params) => Some(Query { name, params }),
+                    Err((code, field, reason)) => return fail(code, &field, reason),
                 }
             }
-            Some(_) => return fail(code::BAD_FRAME, "params", "not an object".into()),
-        }
-        Ok(Command { cmd: err.cmd, seq, obj: err.obj, params })
+            (true, Some(_)) => return fail(code::BAD_FRAME, "query", "not an object".into()),
+        };
+        Ok(Command { cmd: err.cmd, seq, obj: err.obj, params, query })
     }
 
     /// A numeric param: a non-negative integer, else a [`code::BAD_PARAM`] refusal naming it.
@@ -267,6 +397,27 @@ impl Command {
     pub fn text(&self, key: &str) -> Option<&str> {
         self.params.get(key).map(String::as_str)
     }
+}
+
+/// Reads an object of params leniently (strings, or numbers as their digits); the error is the
+/// code, the field (`prefix` + key) and the reason.
+fn string_params(v: Option<&Value>, at: &str, prefix: &str) -> Result<BTreeMap<String, String>, (i64, String, String)> {
+    let mut params = BTreeMap::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(p)) => {
+            for (k, v) in p {
+                let s = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return Err((code::BAD_PARAM, format!("{prefix}{k}"), "not a string or number".into())),
+                };
+                params.insert(k.clone(), s);
+            }
+        }
+        Some(_) => return Err((code::BAD_FRAME, at.to_owned(), "not an object".into())),
+    }
+    Ok(params)
 }
 
 /// A negative result of an answer: the core's code, class and text.
@@ -336,6 +487,9 @@ pub struct Answer {
     pub code: i64,
     /// The whole `result` object, for runtime data next to `code`.
     pub result: Map<String, Value>,
+    /// Members of `ANSW` besides `cmd`, `seq`, `obj` and `result` (a query's `fdefs` and
+    /// `records`).
+    pub extra: Map<String, Value>,
 }
 
 impl Answer {
@@ -343,7 +497,7 @@ impl Answer {
     pub fn with_code(c: &Command, code: i64) -> Answer {
         let mut result = Map::new();
         result.insert("code".into(), Value::from(code));
-        Answer { cmd: c.cmd.clone(), seq: c.seq, obj: c.obj.clone(), code, result }
+        Answer { cmd: c.cmd.clone(), seq: c.seq, obj: c.obj.clone(), code, result, extra: Map::new() }
     }
 
     /// The positive answer to `c`: `{"code":0}`.
@@ -353,7 +507,7 @@ impl Answer {
 
     /// The negative answer to `c`: `{"code":..,"class":..,"text":..}`.
     pub fn negative(c: &Command, r: &Refusal) -> Answer {
-        Answer { cmd: c.cmd.clone(), seq: c.seq, obj: c.obj.clone(), code: r.code, result: r.to_result() }
+        Answer { cmd: c.cmd.clone(), seq: c.seq, obj: c.obj.clone(), code: r.code, result: r.to_result(), extra: Map::new() }
     }
 
     /// Adds runtime data to `result` (the key `code` is kept as it is).
@@ -364,17 +518,27 @@ impl Answer {
         self
     }
 
+    /// Adds a member of `ANSW` next to `result` (a query's `fdefs`, `records`).
+    pub fn with_member(mut self, key: &str, value: impl Into<Value>) -> Answer {
+        if !matches!(key, "cmd" | "seq" | "obj" | "result") {
+            self.extra.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
     /// The frame text, as the core sends it (members in alphabetical order).
     pub fn to_frame(&self) -> String {
         self.to_value().to_string()
     }
 
-    /// The frame as a JSON value.
+    /// The frame as a JSON value (no `obj` when it is empty, as for a query).
     pub fn to_value(&self) -> Value {
-        let mut inner = Map::new();
+        let mut inner = self.extra.clone();
         inner.insert("cmd".into(), Value::from(self.cmd.as_str()));
         inner.insert("seq".into(), Value::from(self.seq));
-        inner.insert("obj".into(), Value::from(self.obj.as_str()));
+        if !self.obj.is_empty() {
+            inner.insert("obj".into(), Value::from(self.obj.as_str()));
+        }
         inner.insert("result".into(), Value::Object(self.result.clone()));
         let mut top = Map::new();
         top.insert("ANSW".into(), Value::Object(inner));
@@ -504,7 +668,9 @@ fn parse_answer(v: &Value) -> Result<Answer, WireError> {
         .get("code")
         .ok_or_else(|| WireError::new("ANSW.result.code", "missing"))
         .and_then(|c| lenient_i64(c).ok_or_else(|| WireError::new("ANSW.result.code", "not an integer")))?;
-    Ok(Answer { cmd, seq, obj, code, result })
+    let extra =
+        o.iter().filter(|(k, _)| !matches!(k.as_str(), "cmd" | "seq" | "obj" | "result")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok(Answer { cmd, seq, obj, code, result, extra })
 }
 
 fn parse_event(v: &Value) -> Result<Event, WireError> {
@@ -760,6 +926,11 @@ pub struct PartyRef {
 }
 
 impl PartyRef {
+    /// Adds the `ClusterID`, `ID` and `PartyID` params that name the party in a command.
+    pub fn params(&self, c: Command) -> Command {
+        c.param("ClusterID", self.cluster).param("ID", self.conf).param("PartyID", self.party)
+    }
+
     fn result(&self) -> Map<String, Value> {
         let mut r = Map::new();
         r.insert("ClusterID".into(), Value::from(self.cluster.0));
@@ -847,6 +1018,10 @@ pub struct PartyData {
     pub mic_on: bool,
     /// `NAME`: the display name.
     pub name: String,
+    /// `bTalking` *(v2)*: the party's audio is heard in the mix (absent: `false`).
+    pub talking: bool,
+    /// Every other member the core sent, kept as read.
+    pub extra: Map<String, Value>,
 }
 
 impl PartyData {
@@ -855,9 +1030,27 @@ impl PartyData {
     /// `State` of a party whose audio is connected.
     pub const CONNECTED: u64 = 2;
 
+    /// The members this type reads; every other member goes to [`PartyData::extra`].
+    pub const KNOWN: [&'static str; 8] = ["PARTY_ID", "Index", "OldIndex", "layer", "State", "bMicOn", "NAME", "bTalking"];
+
+    /// A party at `index` with `name`: layer 3, loaded, microphone on, not talking.
+    pub fn new(id: PartyId, index: u64, name: &str) -> PartyData {
+        PartyData {
+            id,
+            index,
+            old_index: None,
+            layer: 3,
+            state: Self::LOADED,
+            mic_on: true,
+            name: name.to_owned(),
+            talking: false,
+            extra: Map::new(),
+        }
+    }
+
     /// The JSON object.
     pub fn to_value(&self) -> Value {
-        let mut m = Map::new();
+        let mut m = self.extra.clone();
         m.insert("PARTY_ID".into(), Value::from(self.id.0));
         m.insert("Index".into(), Value::from(self.index));
         if let Some(o) = self.old_index {
@@ -867,6 +1060,7 @@ impl PartyData {
         m.insert("State".into(), Value::from(self.state));
         m.insert("bMicOn".into(), Value::from(u64::from(self.mic_on)));
         m.insert("NAME".into(), Value::from(self.name.as_str()));
+        m.insert("bTalking".into(), Value::from(u64::from(self.talking)));
         Value::Object(m)
     }
 
@@ -885,6 +1079,8 @@ impl PartyData {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(WireError::new(format!("{at}.NAME"), "not a string")),
         };
+        let talking = if o.contains_key("bTalking") { num("bTalking")? != 0 } else { false };
+        let extra = o.iter().filter(|(k, _)| !Self::KNOWN.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         Ok(PartyData {
             id: PartyId(num("PARTY_ID")?),
             index: num("Index")?,
@@ -893,6 +1089,8 @@ impl PartyData {
             state: num("State")?,
             mic_on: num("bMicOn")? != 0,
             name,
+            talking,
+            extra,
         })
     }
 }
@@ -1033,18 +1231,24 @@ pub struct LoadAnswer {
     pub index: u64,
     /// `parties`: every party of the conference, the new one included.
     pub parties: Vec<PartyData>,
+    /// `ResumeToken` *(v2)*: what a new session gives `cd.load` to come back as this party.
+    pub resume_token: Option<String>,
 }
 
 impl LoadAnswer {
     /// The answer to `c`.
     pub fn to_answer(&self, c: &Command) -> Answer {
         let l = &self.loaded;
-        Answer::with_code(c, l.code)
+        let a = Answer::with_code(c, l.code)
             .with("bControl", u64::from(l.control))
             .with("SVPartyID", l.party.0)
             .with("SVPartyIndex", self.index)
             .with("confdata", json!({"ClusterID": l.cluster.0, "ID": l.conf.0}))
-            .with("parties", Value::Array(self.parties.iter().map(PartyData::to_value).collect()))
+            .with("parties", Value::Array(self.parties.iter().map(PartyData::to_value).collect()));
+        match &self.resume_token {
+            Some(t) => a.with(RESUME_TOKEN, t.as_str()),
+            None => a,
+        }
     }
 
     /// Reads the answer; `cluster` is the one asked for.
@@ -1060,7 +1264,135 @@ impl LoadAnswer {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(WireError::new("ANSW.result.parties", "not an array")),
         };
-        Ok(LoadAnswer { loaded, index, parties })
+        let resume_token = match a.result.get(RESUME_TOKEN) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(_) => return Err(WireError::new("ANSW.result.ResumeToken", "not a string")),
+        };
+        Ok(LoadAnswer { loaded, index, parties, resume_token })
+    }
+}
+
+/// The answer to the login query: `RETCODE` and `NAME`, in the VSP query form (`fdefs` names
+/// the columns, `records` holds rows of strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginAnswer {
+    /// `RETCODE` ([`retcode`]).
+    pub retcode: i64,
+    /// `NAME`: the person's display name (empty when the login failed).
+    pub name: String,
+}
+
+impl LoginAnswer {
+    /// Whether the login succeeded.
+    pub fn is_ok(&self) -> bool {
+        retcode::is_ok(self.retcode)
+    }
+
+    /// The answer to `c` (`result.code` 0: the query ran; the login's outcome is `RETCODE`).
+    pub fn to_answer(&self, c: &Command) -> Answer {
+        let fdefs = json!([{"name": "RETCODE", "type": "i"}, {"name": "NAME", "type": "s", "size": 50}]);
+        let records = json!([[self.retcode.to_string(), self.name]]);
+        Answer::positive(c).with_member("fdefs", fdefs).with_member("records", records)
+    }
+
+    /// Reads the answer: the columns by `fdefs`, the values from the first row of `records`
+    /// (strings, or numbers leniently).
+    pub fn from_answer(a: &Answer) -> Result<LoginAnswer, WireError> {
+        let fdefs = match a.extra.get("fdefs") {
+            Some(Value::Array(f)) => f,
+            Some(_) => return Err(WireError::new("ANSW.fdefs", "not an array")),
+            None => return Err(WireError::new("ANSW.fdefs", "missing")),
+        };
+        let column = |name: &str| fdefs.iter().position(|f| f.get("name").and_then(Value::as_str) == Some(name));
+        let row = match a.extra.get("records") {
+            Some(Value::Array(rows)) => match rows.first() {
+                Some(Value::Array(row)) => row,
+                Some(_) => return Err(WireError::new("ANSW.records[0]", "not an array")),
+                None => return Err(WireError::new("ANSW.records", "empty: no row")),
+            },
+            Some(_) => return Err(WireError::new("ANSW.records", "not an array")),
+            None => return Err(WireError::new("ANSW.records", "missing")),
+        };
+        let at = column("RETCODE").ok_or_else(|| WireError::new("ANSW.fdefs", "no column RETCODE"))?;
+        let field = format!("ANSW.records[0][{at}]");
+        let retcode = row.get(at).ok_or_else(|| WireError::new(&field, "missing"))?;
+        let retcode = lenient_i64(retcode).ok_or_else(|| WireError::new(&field, "RETCODE is not an integer"))?;
+        let name = match column("NAME").and_then(|i| row.get(i).map(|v| (i, v))) {
+            None | Some((_, Value::Null)) => String::new(),
+            Some((_, Value::String(s))) => s.clone(),
+            Some((i, _)) => return Err(WireError::new(format!("ANSW.records[0][{i}]"), "NAME is not a string")),
+        };
+        Ok(LoginAnswer { retcode, name })
+    }
+}
+
+/// `conf.instantmsg`: a chat line, to every session of the conference (the sender's too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstantMsg {
+    /// `ClusterID`.
+    pub cluster: ClusterId,
+    /// `ID`.
+    pub conf: ConfId,
+    /// `SenderID` *(added)*: the sender's party, when the core names it.
+    pub sender: Option<PartyId>,
+    /// `username`: the sender party's `NAME`.
+    pub username: String,
+    /// `msg`: the text.
+    pub msg: String,
+    /// `color`: as the sender gave it (empty when none).
+    pub color: String,
+    /// `time`: unix seconds, when the core received it.
+    pub time: u64,
+}
+
+impl InstantMsg {
+    /// The event's name.
+    pub const EVENT: &'static str = "conf.instantmsg";
+
+    /// The event.
+    pub fn to_event(&self) -> Event {
+        let mut r = Map::new();
+        r.insert("ClusterID".into(), Value::from(self.cluster.0));
+        r.insert("ID".into(), Value::from(self.conf.0));
+        if let Some(s) = self.sender {
+            r.insert("SenderID".into(), Value::from(s.0));
+        }
+        r.insert("username".into(), Value::from(self.username.as_str()));
+        r.insert("msg".into(), Value::from(self.msg.as_str()));
+        r.insert("color".into(), Value::from(self.color.as_str()));
+        r.insert("time".into(), Value::from(self.time));
+        Event::new("conf", "instantmsg", None, Value::Object(r))
+    }
+
+    /// Reads the event.
+    pub fn from_event(e: &Event) -> Result<InstantMsg, WireError> {
+        expect_event(e, Self::EVENT)?;
+        let num = |k: &str| -> Result<u64, WireError> {
+            let field = format!("EVT.result.{k}");
+            e.result
+                .get(k)
+                .ok_or_else(|| WireError::new(&field, "missing"))
+                .and_then(|v| lenient_u64(v).ok_or_else(|| WireError::new(&field, "not an integer")))
+        };
+        let text = |k: &str, required: bool| -> Result<String, WireError> {
+            match e.result.get(k) {
+                None | Some(Value::Null) if !required => Ok(String::new()),
+                None => Err(WireError::new(format!("EVT.result.{k}"), "missing")),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(WireError::new(format!("EVT.result.{k}"), "not a string")),
+            }
+        };
+        let sender = if e.result.get("SenderID").is_some_and(|v| !v.is_null()) { Some(PartyId(num("SenderID")?)) } else { None };
+        Ok(InstantMsg {
+            cluster: ClusterId(num("ClusterID")?),
+            conf: ConfId(num("ID")?),
+            sender,
+            username: text("username", false)?,
+            msg: text("msg", true)?,
+            color: text("color", false)?,
+            time: if e.result.get("time").is_some_and(|v| !v.is_null()) { num("time")? } else { 0 },
+        })
     }
 }
 
@@ -1220,20 +1552,13 @@ mod tests {
         let r = Refusal::proto(code::BAD_PARAM, "param SchemeID is missing");
         assert_eq!(answer_of(&Answer::negative(&c, &r).to_frame()).refusal(&[code::OK]), Some(r));
 
-        let party = |id: u64, name: &str| PartyData {
-            id: PartyId(id),
-            index: id - 1,
-            old_index: None,
-            layer: 3,
-            state: PartyData::LOADED,
-            mic_on: true,
-            name: name.into(),
-        };
+        let party = |id: u64, name: &str| PartyData::new(PartyId(id), id - 1, name);
         for code in [code::OK, code::LOAD_CONNECTED, code::LOAD_ALREADY_CONNECTED] {
             let load = LoadAnswer {
                 loaded: Loaded { cluster: ClusterId(1), conf: ConfId(7), party: PartyId(3), control: code == code::LOAD_CONNECTED, code },
                 index: 2,
                 parties: vec![party(1, "a"), party(3, "c")],
+                resume_token: (code == code::LOAD_CONNECTED).then(|| "0123456789abcdefXYZ".to_owned()),
             };
             let read = answer_of(&load.to_answer(&c).to_frame());
             assert_eq!(LoadAnswer::from_answer(&read, ClusterId(1)), Ok(load.clone()));
@@ -1275,15 +1600,8 @@ mod tests {
             assert_eq!(Disconnected::from_event(&e), Ok(d));
         }
 
-        let p = PartyData {
-            id: PartyId(4),
-            index: 1,
-            old_index: None,
-            layer: 3,
-            state: PartyData::CONNECTED,
-            mic_on: false,
-            name: "other".into(),
-        };
+        let mut p = PartyData { state: PartyData::CONNECTED, mic_on: false, talking: true, ..PartyData::new(PartyId(4), 1, "other") };
+        p.extra.insert("sPhone".into(), json!("+1 555"));
         let moved = PartyData { old_index: Some(1), index: 0, ..p.clone() };
         let changed = ConfChanged {
             cluster: ClusterId(1),
@@ -1356,5 +1674,100 @@ mod tests {
     fn params_go_on_the_wire_as_strings() {
         let f = Command::new("conf", "CALLME_S1").param("ID", 7).to_frame();
         assert_eq!(f, r#"{"cmd":"CALLME_S1","seq":0,"obj":"conf","params":{"ID":"7"}}"#);
+    }
+
+    #[test]
+    fn the_login_query_is_written_as_the_vsp_core_reads_it_and_shown_without_the_password() {
+        let c = Command { seq: 1, ..Command::login("alice", "s3cret \"x\"") };
+        let frame = c.to_frame();
+        assert_eq!(
+            frame,
+            r#"{"cmd":"query","seq":1,"query":{"name":"q_cplxLogin","params":{"iSSO_CREATE_ASSOC":"0","iWebLogin":"1","sLogin":"alice","sPassword":"s3cret \"x\"","sSSOSID":""}}}"#
+        );
+        assert_eq!(Command::parse(&frame, &CommandLimits::default()), Ok(c.clone()));
+        assert_eq!(c.query_text(login::PASSWORD), Some("s3cret \"x\""));
+        let shown = c.to_shown_frame();
+        assert!(!shown.contains("s3cret") && shown.contains(login::REDACTED), "{shown}");
+    }
+
+    #[test]
+    fn a_query_names_what_is_wrong_with_it() {
+        let err = |t: &str| Command::parse(t, &CommandLimits::default()).unwrap_err().to_string();
+        assert_eq!(err(r#"{"cmd":"query","seq":1}"#), "query: missing");
+        assert_eq!(err(r#"{"cmd":"query","seq":1,"query":[]}"#), "query: not an object");
+        assert_eq!(err(r#"{"cmd":"query","seq":1,"query":{}}"#), "query.name: missing");
+        assert_eq!(err(r#"{"cmd":"query","seq":1,"query":{"name":1}}"#), "query.name: not a string");
+        assert_eq!(err(r#"{"cmd":"query","seq":1,"query":{"name":"q","params":7}}"#), "query.params: not an object");
+        assert_eq!(
+            err(r#"{"cmd":"query","seq":1,"query":{"name":"q","params":{"sLogin":{}}}}"#),
+            "query.params.sLogin: not a string or number"
+        );
+        // Other commands still need obj.
+        assert_eq!(err(r#"{"cmd":"SETMIC","seq":1}"#), "obj: missing");
+    }
+
+    #[test]
+    fn the_login_answer_is_read_by_its_columns() {
+        let c = Command { seq: 1, ..Command::login("alice", "x") };
+        for l in [
+            LoginAnswer { retcode: retcode::ADMIN, name: "Alice Example".into() },
+            LoginAnswer { retcode: retcode::LOGIN_ERROR, name: String::new() },
+        ] {
+            let a = answer_of(&l.to_answer(&c).to_frame());
+            assert!(!a.to_frame().contains("\"obj\""), "a query's answer has no obj");
+            assert_eq!(LoginAnswer::from_answer(&a), Ok(l));
+        }
+        // Columns in another order, numbers for strings.
+        let a = answer_of(
+            r#"{"ANSW":{"cmd":"query","seq":1,"result":{"code":0},"fdefs":[{"name":"NAME"},{"name":"RETCODE"}],"records":[["Bob",2]]}}"#,
+        );
+        assert_eq!(LoginAnswer::from_answer(&a), Ok(LoginAnswer { retcode: 2, name: "Bob".into() }));
+        let field = |t: &str| LoginAnswer::from_answer(&answer_of(t)).unwrap_err().field;
+        assert_eq!(field(r#"{"ANSW":{"cmd":"query","seq":1,"result":{"code":0}}}"#), "ANSW.fdefs");
+        assert_eq!(
+            field(r#"{"ANSW":{"cmd":"query","seq":1,"result":{"code":0},"fdefs":[{"name":"RETCODE"}],"records":[]}}"#),
+            "ANSW.records"
+        );
+        assert_eq!(
+            field(r#"{"ANSW":{"cmd":"query","seq":1,"result":{"code":0},"fdefs":[{"name":"RETCODE"}],"records":[["two"]]}}"#),
+            "ANSW.records[0][0]"
+        );
+        assert_eq!(retcode::meaning(4), "login error: unknown login or wrong password");
+    }
+
+    #[test]
+    fn the_v2_commands_name_the_party_and_the_chat_line_reads_back_equal() {
+        let on = Command::set_mic(at(), false);
+        assert_eq!(
+            on.to_frame(),
+            r#"{"cmd":"SETMIC","seq":0,"obj":"conf","params":{"ClusterID":"1","ID":"7","PartyID":"3","bMicOn":"0"}}"#
+        );
+        assert_eq!(Command::del_party(at()).number("PartyID"), Ok(3));
+        assert_eq!(Command::instant_msg(ClusterId(1), ConfId(7), "hi", None).text("msg"), Some("hi"));
+        let m = InstantMsg {
+            cluster: ClusterId(1),
+            conf: ConfId(7),
+            sender: Some(PartyId(4)),
+            username: "Bob".into(),
+            msg: "hello \"all\"".into(),
+            color: "#00ff00".into(),
+            time: 1_764_000_000,
+        };
+        let e = event_of(&m.to_event().to_frame());
+        assert_eq!((e.name().as_str(), e.party()), (InstantMsg::EVENT, None), "a chat line is addressed to the conference, not a party");
+        assert_eq!(InstantMsg::from_event(&e), Ok(m));
+        let e = event_of(r#"{"EVT":{"obj":"conf","evt":"instantmsg","result":{"ClusterID":1,"ID":7,"msg":5}}}"#);
+        assert_eq!(InstantMsg::from_event(&e).unwrap_err().field, "EVT.result.msg");
+    }
+
+    #[test]
+    fn partydata_without_btalking_is_not_talking_and_unknown_members_are_kept() {
+        let v = json!({"PARTY_ID": 4, "Index": 0, "layer": 3, "State": 2, "bMicOn": "1", "NAME": "Bob", "sPhone": "+1"});
+        let p = PartyData::from_value(&v, "p").unwrap();
+        assert!(!p.talking && p.mic_on);
+        assert_eq!(p.extra.get("sPhone"), Some(&json!("+1")));
+        assert_eq!(PartyData::from_value(&p.to_value(), "p"), Ok(p));
+        let bad = json!({"PARTY_ID": 4, "Index": 0, "layer": 3, "State": 2, "bMicOn": 1, "bTalking": "yes"});
+        assert_eq!(PartyData::from_value(&bad, "p").unwrap_err().field, "p.bTalking");
     }
 }

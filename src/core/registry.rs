@@ -193,7 +193,7 @@ impl MediaState {
 impl PartyRec {
     fn data(&self) -> PartyData {
         let state = if self.media.is_running() { PartyData::CONNECTED } else { PartyData::LOADED };
-        PartyData { id: self.id, index: self.index, old_index: None, layer: 3, state, mic_on: true, name: self.name.clone() }
+        PartyData { state, ..PartyData::new(self.id, self.index, &self.name) }
     }
 }
 
@@ -483,7 +483,8 @@ impl Registry {
             let event = ConfChanged { cluster, conf: conf_id, add: added, ..ConfChanged::default() }.to_event();
             self.broadcast(&mut out, conf_id, Some(session), &Incoming::Event(event));
         }
-        let answer = LoadAnswer { loaded: Loaded { cluster, conf: conf_id, party, control: false, code }, index, parties };
+        let answer =
+            LoadAnswer { loaded: Loaded { cluster, conf: conf_id, party, control: false, code }, index, parties, resume_token: None };
         if c.seq > 0 {
             self.send(&mut out, session, Incoming::Answer(answer.to_answer(c)));
         }
