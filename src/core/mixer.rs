@@ -160,6 +160,8 @@ fn soft_knee(x: f32) -> i16 {
 }
 
 struct Slot {
+    /// `bMicOn`: off, the party's audio is read and dropped, never mixed.
+    mic_on: bool,
     jitter: JitterBuffer,
     decoder: Decoder,
     encoder: Option<Encoder>,
@@ -235,6 +237,7 @@ pub struct MixerCore {
 impl MixerCore {
     pub fn add(&mut self, party: PartyId) -> Result<(), String> {
         let slot = Slot {
+            mic_on: true,
             jitter: JitterBuffer::default(),
             decoder: Decoder::new()?,
             encoder: None,
@@ -257,6 +260,14 @@ impl MixerCore {
         self.slots.len()
     }
 
+    /// The party's microphone on or off: off, from the next tick its audio is read and dropped,
+    /// never mixed (so it comes back without a backlog when turned on again).
+    pub fn set_mic(&mut self, party: PartyId, on: bool) {
+        if let Some(s) = self.slots.get_mut(&party) {
+            s.mic_on = on;
+        }
+    }
+
     /// A packet from a party (unknown parties' packets are dropped).
     pub fn push(&mut self, party: PartyId, seq: u16, payload: Bytes) {
         if let Some(s) = self.slots.get_mut(&party) {
@@ -274,6 +285,9 @@ impl MixerCore {
             slot.frame.clear();
             slot.frame.extend(slot.pending.drain(..n));
             slot.frame.resize(FRAME_SAMPLES, 0); // what is missing of the frame is silence
+            if !slot.mic_on {
+                slot.frame.fill(0);
+            }
             slot.hang = if mean_power(&slot.frame) > SPEAKING_POWER { HANGOVER_FRAMES } else { slot.hang.saturating_sub(1) };
             if slot.speaking() {
                 for (m, &s) in self.mix.iter_mut().zip(&slot.frame) {
@@ -341,11 +355,22 @@ pub struct MixerConfig {
     pub send_queue: usize,
     /// A tick that starts this much after it was due counts as late.
     pub late_after: Duration,
+    /// Where the speech detection reports each change of a party's talking state.
+    pub talking: Option<tokio::sync::mpsc::UnboundedSender<TalkingChange>>,
+}
+
+/// A party started or stopped talking, as the mixer's speech detection decides (`bTalking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TalkingChange {
+    /// The party.
+    pub party: PartyId,
+    /// Whether its audio is heard in the mix now.
+    pub talking: bool,
 }
 
 impl Default for MixerConfig {
     fn default() -> Self {
-        MixerConfig { name: "mixer".into(), packet_queue: 4096, send_queue: 8, late_after: FRAME_DURATION / 2 }
+        MixerConfig { name: "mixer".into(), packet_queue: 4096, send_queue: 8, late_after: FRAME_DURATION / 2, talking: None }
     }
 }
 
@@ -409,6 +434,10 @@ enum Control {
     },
     Connected {
         party: PartyId,
+    },
+    SetMic {
+        party: PartyId,
+        on: bool,
     },
     /// A packet is queued while the mixer sleeps.
     Wake,
@@ -490,6 +519,11 @@ impl Mixer {
         let _ = self.channels.control.send(Control::Connected { party });
     }
 
+    /// The party's microphone on or off (`SETMIC`), from the next tick.
+    pub fn set_mic(&self, party: PartyId, on: bool) {
+        let _ = self.channels.control.send(Control::SetMic { party, on });
+    }
+
     /// A packet from a party, with its RTP sequence number; dropped if the queue is full.
     pub fn packet(&self, party: PartyId, seq: u16, payload: Bytes) {
         if self.channels.packets.try_send(Packet { party, seq, payload }).is_err() {
@@ -544,6 +578,7 @@ impl Worker {
                     }
                 }
             }
+            Control::SetMic { party, on } => self.core.set_mic(party, on),
             Control::Wake => {}
         }
         self.stats.parties.store(self.core.len() as u64, Ordering::Relaxed);
@@ -669,6 +704,33 @@ mod tests {
         for (_, hz) in tones {
             assert!(tone_share(listener, hz) > 0.2, "the listener misses {hz} Hz");
         }
+    }
+
+    #[test]
+    fn a_muted_party_is_out_of_every_mix_from_the_next_tick_and_back_when_unmuted() {
+        let (a, b) = (PartyId(1), PartyId(2));
+        let tone = packets(660.0, 150);
+        let mut mixer = MixerCore::default();
+        mixer.add(a).unwrap();
+        mixer.add(b).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        let mut heard = Vec::new();
+        for (t, packet) in tone.iter().enumerate() {
+            match t {
+                50 => mixer.set_mic(a, false),
+                100 => mixer.set_mic(a, true),
+                _ => {}
+            }
+            mixer.push(a, t as u16, packet.clone());
+            for out in mixer.tick().into_iter().filter(|o| o.party == b) {
+                heard.push(dec.decode(Some(&out.packet)).unwrap());
+            }
+        }
+        let share = |from: usize, to: usize| tone_share(&heard[from..to].concat(), 660.0);
+        assert!(share(10, 50) > 0.5, "heard before the mute: {}", share(10, 50));
+        // One tick for the mute to take effect, two frames of the decoder's tail.
+        assert!(share(53, 100) < 0.02, "heard while muted: {}", share(53, 100));
+        assert!(share(110, 150) > 0.5, "heard after the unmute: {}", share(110, 150));
     }
 
     #[test]
