@@ -1,6 +1,8 @@
 //! A network between clients and a core, for tests: a UDP relay on loopback that behaves like a
 //! 1:1 NAT in front of the core's media port, with an injection hook on both sides and a seeded
-//! impairment (loss today; jitter, reordering and blackouts belong here too).
+//! impairment (loss today; jitter, reordering and blackouts belong here too), and a TCP relay
+//! in front of its WebSocket port that can cut connections without closing them
+//! ([`TcpRelay`]).
 //!
 //! ```text
 //! client 127.0.0.1:c ──▶ public 127.0.0.2:P ══ relay ══ inside 127.0.0.3:m ──▶ core 127.0.0.1:P
@@ -216,6 +218,70 @@ impl Drop for Relay {
     }
 }
 
+/// A TCP relay on loopback in front of the core's WebSocket port, which can cut its connections
+/// the way a dead network does: after [`TcpRelay::cut`] no byte moves either way and no side is
+/// closed, so neither end learns of it until its own timeouts say so. New connections after a
+/// cut are relayed as usual.
+///
+/// ```text
+/// client ──▶ 127.0.0.x:R ══ relay ══▶ core's WebSocket port
+/// ```
+pub struct TcpRelay {
+    addr: SocketAddr,
+    cut: Arc<Mutex<Vec<tokio::sync::watch::Sender<bool>>>>,
+    task: JoinHandle<()>,
+}
+
+impl TcpRelay {
+    /// Listens on `listen` (port 0 for any) and relays every connection to `target`.
+    pub async fn start(listen: SocketAddr, target: SocketAddr) -> io::Result<TcpRelay> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let cut: Arc<Mutex<Vec<tokio::sync::watch::Sender<bool>>>> = Arc::default();
+        let conns = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(core) = tokio::net::TcpStream::connect(target).await else { continue };
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                conns.lock().expect("the relay's lock is never poisoned").push(tx);
+                tokio::spawn(relay_tcp(client, core, rx));
+            }
+        });
+        Ok(TcpRelay { addr, cut, task })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every connection relayed so far: they stay open, and nothing moves on them again.
+    pub fn cut(&self) {
+        for c in self.cut.lock().expect("the relay's lock is never poisoned").drain(..) {
+            let _ = c.send(true);
+        }
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies both ways until either side closes or the connection is cut; a cut connection's
+/// sockets are held, silent, for as long as the runtime runs the task (at most an hour). A relay
+/// dropped before a cut closes its connections.
+async fn relay_tcp(mut client: tokio::net::TcpStream, mut core: tokio::net::TcpStream, mut cut: tokio::sync::watch::Receiver<bool>) {
+    let was_cut = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut core) => false,
+        c = cut.wait_for(|c| *c) => c.is_ok(),
+    };
+    if was_cut {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +296,40 @@ mod tests {
         assert_ne!(run(7), run(8));
         let drops = run(7).iter().filter(|d| **d).count();
         assert!((8..=32).contains(&drops), "{drops} of 64 at 30 %");
+    }
+
+    #[tokio::test]
+    async fn a_cut_tcp_connection_stays_open_and_carries_nothing_while_a_new_one_works() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let relay = TcpRelay::start("127.0.0.1:0".parse().unwrap(), target).await.unwrap();
+        let mut a = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+        let mut buf = [0u8; 4];
+        a.write_all(b"ping").await.unwrap();
+        a.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        relay.cut();
+        a.write_all(b"lost").await.unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_millis(300), a.read(&mut buf)).await;
+        assert!(read.is_err(), "a cut connection neither echoes nor closes: {read:?}");
+
+        let mut b = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+        b.write_all(b"next").await.unwrap();
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"next");
     }
 }

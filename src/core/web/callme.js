@@ -5,7 +5,13 @@
 //   name    the display name (NAME of cd.load)
 //   cluster the ClusterID, default 1
 //   relay=1 use only the TURN relay (iceTransportPolicy "relay")
+//   login=1 log in (q_cplxLogin) before cd.load; the form is also shown when the core asks
 //   auto=0  do not join on load; call window.callmeJoin() instead
+//
+// In the call the page keeps the conference's roster by applying conf.changed in order
+// (docs/protocol.md, "The roster"), shows who talks and whose microphone is off, and has a chat
+// panel (INSTANTMSG, conf.instantmsg), a mute button for oneself (SETMIC, and the microphone
+// track disabled) and, for a controlling login, mute and remove buttons per party.
 //
 // No SDP crosses the wire: CALLME_S2 carries what the core needs out of the browser's offer, and
 // the page writes the core's answer itself from conf.webrtc.servufrag, line for line as the Rust
@@ -13,7 +19,9 @@
 //
 // For tests and scripts the page exposes
 //   window.callme = { steps, log, done, error, failedStep, ended, heard(ms, freqs), toneLevels(freqs, ms),
-//                     party, conference, pc, offerSdp, s2Params, servufrag, answerSdp, lastAnalysis }
+//                     party, conference, pc, offerSdp, s2Params, servufrag, answerSdp, lastAnalysis,
+//                     account, control, roster(), chat, micOn, say(msg), setMic(on), setMicOf(id, on),
+//                     remove(id), login(user, password) }
 //   window.callmeJoin() -> the `done` promise (starts the join if it has not started)
 
 (() => {
@@ -65,6 +73,7 @@
       name: q.get('name') || 'browser',
       cluster: num('cluster', '1'),
       relay: q.get('relay') === '1',
+      login: q.get('login') === '1',
       auto: q.get('auto') !== '0',
     };
   }
@@ -77,6 +86,7 @@
     status: () => document.getElementById('status'),
     error: () => document.getElementById('error'),
     audio: () => document.getElementById('remote'),
+    byId: (id) => document.getElementById(id),
   };
 
   function show(entry) {
@@ -143,6 +153,22 @@
     lastAnalysis: null,
     heard,
     toneLevels,
+    // The login's RETCODE and NAME once logged in ({retcode, name, role}); null in open mode.
+    account: null,
+    // Whether the session controls the conference (bControl of cd.load).
+    control: false,
+    // The conference's parties, ordered by Index: {id, index, name, state, micOn, talking}.
+    roster: () => roster.map((p) => ({ ...p })),
+    // Chat lines in arrival order: {from, username, msg, color, time}.
+    chat: [],
+    // conf.changed entries that matched nothing (a delParties for an unknown party, ...).
+    anomalies: [],
+    micOn: true,
+    say,
+    setMic,
+    setMicOf,
+    remove,
+    login: submitLogin,
   };
   window.callme = callme;
 
@@ -158,7 +184,7 @@
   // A failure at a step: carries the step number for the report.
   class StepError extends Error {
     constructor(n, reason) {
-      super(`step ${n} (${STEPS[n]}): ${reason}`);
+      super(n ? `step ${n} (${STEPS[n]}): ${reason}` : reason);
       this.step = n;
     }
   }
@@ -239,8 +265,17 @@
         const result = e.result || {};
         const party = result.PartyID;
         const mine = party === undefined || party === null || this.party === null || String(party) === this.party;
+        if (name === 'conf.changed' || name === 'conf.instantmsg') {
+          if (String(result.ID) === String(callme.conference)) {
+            if (name === 'conf.changed') applyChanged(result);
+            else addChat(result);
+          } else {
+            note('ignored', 0, `${name} for another conference ignored`, `ID ${result.ID}`);
+          }
+          return;
+        }
         if (!name.startsWith('conf.webrtc.') || !mine) {
-          // timer.time, conf.changed, conf.instantmsg, and events for other parties.
+          // timer.time, and events for other parties.
           if (name !== 'timer.time') note('ignored', 0, `${name} ignored`, mine ? '' : `for party ${party}`);
           return;
         }
@@ -267,9 +302,18 @@
         throw new Error(this.closed || 'the WebSocket is not open');
       }
       const seq = seqWanted ? ++this.seq : 0;
-      const strParams = {};
-      for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) strParams[k] = String(v);
-      this.ws.send(JSON.stringify({ cmd, seq, obj, params: strParams }));
+      this.ws.send(JSON.stringify({ cmd, seq, obj, params: strings(params) }));
+      return seq;
+    }
+
+    // The login query (no obj, the params inside `query`); the password goes nowhere else.
+    sendLogin(user, password) {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+        throw new Error(this.closed || 'the WebSocket is not open');
+      }
+      const seq = ++this.seq;
+      const params = { sLogin: user, sPassword: password, iWebLogin: '1', sSSOSID: '', iSSO_CREATE_ASSOC: '0' };
+      this.ws.send(JSON.stringify({ cmd: 'query', seq, query: { name: 'q_cplxLogin', params } }));
       return seq;
     }
 
@@ -327,6 +371,13 @@
     close() {
       if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'bye');
     }
+  }
+
+  // Every param value as a string, as the protocol wants; absent ones left out.
+  function strings(params) {
+    const out = {};
+    for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) out[k] = String(v);
+    return out;
   }
 
   // A refusal in words: code, class and text.
@@ -611,6 +662,323 @@
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Logging in (q_cplxLogin): the form, and what its answer means
+
+  const RETCODE = {
+    2: 'login OK (user)',
+    3: 'login OK (admin)',
+    12: 'login OK (system administrator)',
+    4: 'login error: unknown login or wrong password',
+    5: 'low privileges',
+  };
+  const LOGIN_REQUIRED = 208;
+
+  // The form's pending submission: resolved with {user, password}.
+  let loginWanted = null;
+  let loginGiven = null;
+
+  // Shows the form (with `message`, if any) and waits for it to be submitted (or for
+  // callme.login()).
+  function askLogin(message) {
+    const form = ui.byId('login');
+    const err = ui.byId('login-error');
+    if (err) {
+      err.textContent = message || '';
+      err.hidden = !message;
+    }
+    if (loginGiven) {
+      const given = loginGiven;
+      loginGiven = null;
+      return Promise.resolve(given);
+    }
+    if (form) form.hidden = false;
+    setStatus(message ? 'Log in again.' : 'Log in to join.');
+    return new Promise((resolve) => {
+      loginWanted = resolve;
+    });
+  }
+
+  // Submits a login, from the form or a script.
+  function submitLogin(user, password) {
+    const given = { user: String(user), password: String(password) };
+    const pw = ui.byId('login-password');
+    if (pw) pw.value = '';
+    if (loginWanted) {
+      const resolve = loginWanted;
+      loginWanted = null;
+      resolve(given);
+    } else {
+      loginGiven = given;
+    }
+  }
+
+  function hideLogin() {
+    const form = ui.byId('login');
+    if (form) form.hidden = true;
+  }
+
+  // The login answer's RETCODE and NAME, by the columns its fdefs name.
+  function readLogin(a) {
+    const r = a.result || {};
+    if (Number(r.code) !== 0) throw new Error(`q_cplxLogin ${refusal(r)}`);
+    const cols = Array.isArray(a.fdefs) ? a.fdefs.map((f) => f && f.name) : [];
+    const row = Array.isArray(a.records) && Array.isArray(a.records[0]) ? a.records[0] : null;
+    const at = cols.indexOf('RETCODE');
+    if (!row || at < 0) throw new Error('q_cplxLogin: malformed answer: no RETCODE in ANSW.fdefs/ANSW.records');
+    const retcode = Number(row[at]);
+    const n = cols.indexOf('NAME');
+    return { retcode, name: n >= 0 && typeof row[n] === 'string' ? row[n] : '' };
+  }
+
+  // Opens the WebSocket, logs in when asked to (or when the core wants it), and loads the
+  // conference; returns the load answer's result.
+  async function connectAndLoad(params, wsUrl) {
+    let credentials = params.login ? await askLogin(null) : null;
+    for (let attempt = 1; attempt <= 10; attempt++) {
+      setStatus('Connecting to the core...');
+      session = new Session(wsUrl);
+      await session.open(3);
+      note('pre', 0, 'open the WebSocket', `${wsUrl}, sub-protocol ${session.ws.protocol || 'none'}`);
+      if (credentials) {
+        let loginSeq;
+        try {
+          loginSeq = session.sendLogin(credentials.user, credentials.password);
+        } catch (e) {
+          throw new StepError(3, `q_cplxLogin could not be sent: ${e.message}`);
+        }
+        note('pre', 0, 'q_cplxLogin', `login ${credentials.user}`);
+        credentials.password = null;
+        let login;
+        try {
+          login = readLogin(await session.answer(loginSeq, 3, 'q_cplxLogin'));
+        } catch (e) {
+          session.close();
+          credentials = await askLogin(e.message);
+          continue;
+        }
+        const meaning = RETCODE[login.retcode] || 'a RETCODE this page does not know';
+        if (![2, 3, 12].includes(login.retcode)) {
+          note('error', 0, `login refused: RETCODE ${login.retcode} (${meaning})`);
+          session.close();
+          credentials = await askLogin(`Login refused: RETCODE ${login.retcode}, ${meaning}.`);
+          continue;
+        }
+        callme.account = { retcode: login.retcode, name: login.name, role: meaning };
+        note('pre', 0, 'q_cplxLogin', `RETCODE ${login.retcode} (${meaning}), ${login.name}`);
+        hideLogin();
+      }
+      const name = callme.account && callme.account.name ? callme.account.name : params.name;
+      const loadSeq = session.sendAt(3, 'load', 'cd', { ClusterID: params.cluster, SchemeID: params.scheme, NAME: name });
+      const loaded = await session.answer(loadSeq, 3, 'cd.load');
+      const lr = loaded.result || {};
+      if (Number(lr.code) === LOGIN_REQUIRED && !credentials) {
+        note('pre', 0, 'cd.load', 'the core wants a login');
+        session.close();
+        credentials = await askLogin(null);
+        continue;
+      }
+      return lr;
+    }
+    throw new StepError(3, 'no login was accepted in 10 attempts');
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The roster (conf.changed applied in order), the chat, and acting in the conference
+
+  let roster = [];
+
+  function member(p) {
+    return {
+      id: String(p.PARTY_ID),
+      index: Number(p.Index),
+      name: typeof p.NAME === 'string' ? p.NAME : '',
+      state: Number(p.State),
+      micOn: Number(p.bMicOn) !== 0,
+      talking: Number(p.bTalking || 0) !== 0,
+    };
+  }
+
+  function setRoster(parties) {
+    roster = (Array.isArray(parties) ? parties : []).map(member);
+    roster.sort((a, b) => a.index - b.index);
+    renderRoster();
+  }
+
+  // addParties inserts, updParties finds the entry by OldIndex (by the id when that matches
+  // nothing) and stores it under Index, delParties removes by ID; an unknown ID changes nothing.
+  function applyChanged(r) {
+    for (const p of r.addParties || []) {
+      const m = member(p);
+      roster = roster.filter((x) => x.id !== m.id);
+      roster.push(m);
+    }
+    for (const p of r.updParties || []) {
+      const m = member(p);
+      let i = -1;
+      if (p.OldIndex !== undefined && p.OldIndex !== null) i = roster.findIndex((x) => x.index === Number(p.OldIndex) && x.id === m.id);
+      if (i < 0) i = roster.findIndex((x) => x.id === m.id);
+      if (i < 0) {
+        callme.anomalies.push({ kind: 'updParties for an unknown party', id: m.id });
+      } else {
+        roster.splice(i, 1);
+      }
+      roster.push(m);
+    }
+    for (const d of r.delParties || []) {
+      const id = String(d.ID);
+      const before = roster.length;
+      roster = roster.filter((x) => x.id !== id);
+      if (roster.length === before) callme.anomalies.push({ kind: 'delParties for an unknown party', id });
+    }
+    roster.sort((a, b) => a.index - b.index);
+    // A controller may have turned one's microphone off (or on): the track follows.
+    const own = roster.find((x) => x.id === callme.party);
+    if (own && own.micOn !== callme.micOn) {
+      callme.micOn = own.micOn;
+      if (mic) for (const t of mic.getAudioTracks()) t.enabled = own.micOn;
+    }
+    renderRoster();
+  }
+
+  function button(text, onClick, cls) {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = text;
+    if (cls) b.className = cls;
+    b.addEventListener('click', () => {
+      b.disabled = true;
+      Promise.resolve(onClick()).catch((e) => showChatError(e.message)).finally(() => {
+        b.disabled = false;
+      });
+    });
+    return b;
+  }
+
+  function renderRoster() {
+    const list = ui.byId('roster');
+    if (!list) return;
+    list.textContent = '';
+    for (const p of roster) {
+      const li = document.createElement('li');
+      li.dataset.party = p.id;
+      li.className = [p.id === callme.party ? 'me' : '', p.talking ? 'talking' : '', p.micOn ? '' : 'muted'].filter(Boolean).join(' ');
+      const dot = document.createElement('span');
+      dot.className = 'talk';
+      dot.title = p.talking ? 'talking' : 'not talking';
+      const name = document.createElement('span');
+      name.className = 'name';
+      name.textContent = p.name || `party ${p.id}`;
+      const mic = document.createElement('span');
+      mic.className = 'mic';
+      mic.textContent = `${p.micOn ? 'mic on' : 'muted'}${p.state === 2 ? '' : ', no audio'}`;
+      li.append(dot, name, mic);
+      if (callme.control && p.id !== callme.party) {
+        li.append(button(p.micOn ? 'Mute' : 'Unmute', () => setMicOf(p.id, !p.micOn)));
+        li.append(button('Remove', () => remove(p.id), 'danger'));
+      }
+      list.appendChild(li);
+    }
+    const count = ui.byId('count');
+    if (count) count.textContent = String(roster.length);
+    const self = ui.byId('mute-self');
+    if (self) self.textContent = callme.micOn ? 'Mute' : 'Unmute';
+  }
+
+  function addChat(r) {
+    const line = {
+      from: r.SenderID === undefined || r.SenderID === null ? null : String(r.SenderID),
+      username: typeof r.username === 'string' ? r.username : '',
+      msg: typeof r.msg === 'string' ? r.msg : '',
+      color: typeof r.color === 'string' ? r.color : '',
+      time: Number(r.time || 0),
+    };
+    callme.chat.push(line);
+    const log = ui.byId('chat-log');
+    if (!log) return;
+    const li = document.createElement('li');
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = `${line.username || 'someone'}: `;
+    if (/^#[0-9a-fA-F]{3,8}$/.test(line.color)) who.style.color = line.color;
+    const text = document.createElement('span');
+    text.textContent = line.msg;
+    li.append(who, text);
+    log.appendChild(li);
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function showChatError(text) {
+    const el = ui.byId('chat-error');
+    if (!el) return;
+    el.textContent = text || '';
+    el.hidden = !text;
+  }
+
+  // A command of the conference, answered: resolves on code 0, else fails with the refusal.
+  async function request(cmd, params) {
+    if (!session || callme.conference === null) throw new Error('not in a conference');
+    const seq = session.send(cmd, 'conf', { ClusterID: callme.cluster, ID: callme.conference, ...params });
+    const a = await session.answer(seq, 0, cmd);
+    const r = a.result || {};
+    if (Number(r.code) !== 0) throw new Error(`${cmd} ${refusal(r)}`);
+    return r;
+  }
+
+  async function say(msg) {
+    const r = await request('INSTANTMSG', { msg });
+    showChatError('');
+    return r;
+  }
+
+  // One's own microphone: the track is disabled at once (nothing is sent), and the core is told.
+  async function setMic(on) {
+    const before = callme.micOn;
+    callme.micOn = Boolean(on);
+    if (mic) for (const t of mic.getAudioTracks()) t.enabled = callme.micOn;
+    renderRoster();
+    try {
+      return await request('SETMIC', { PartyID: callme.party, bMicOn: callme.micOn ? '1' : '0' });
+    } catch (e) {
+      callme.micOn = before;
+      if (mic) for (const t of mic.getAudioTracks()) t.enabled = before;
+      renderRoster();
+      throw e;
+    }
+  }
+
+  const setMicOf = (id, on) => request('SETMIC', { PartyID: String(id), bMicOn: on ? '1' : '0' });
+  const remove = (id) => request('DELPARTY', { PartyID: String(id) });
+
+  function wireControls() {
+    const self = ui.byId('mute-self');
+    if (self) {
+      self.addEventListener('click', () => setMic(!callme.micOn).catch((e) => showChatError(e.message)));
+    }
+    const chat = ui.byId('chat-form');
+    if (chat) {
+      chat.addEventListener('submit', (ev) => {
+        ev.preventDefault();
+        const input = ui.byId('chat-input');
+        const text = input ? input.value : '';
+        if (!text) return;
+        say(text).then(
+          () => {
+            if (input) input.value = '';
+          },
+          (e) => showChatError(e.message),
+        );
+      });
+    }
+    const login = ui.byId('login');
+    if (login) {
+      login.addEventListener('submit', (ev) => {
+        ev.preventDefault();
+        submitLogin(ui.byId('login-user').value, ui.byId('login-password').value);
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // The join
 
   let started = false;
@@ -737,15 +1105,10 @@
     if (!micTrack) throw new StepError(2, 'getUserMedia gave a stream without an audio track');
     step(2, micTrack.label || 'microphone');
 
-    // Before the sequence: the WebSocket, and cd.load for one's own party.
-    setStatus('Connecting to the core...');
+    // Before the sequence: the WebSocket, the login when there is one, and cd.load for one's
+    // own party.
     const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-    session = new Session(wsUrl);
-    await session.open(3);
-    note('pre', 0, 'open the WebSocket', `${wsUrl}, sub-protocol ${session.ws.protocol || 'none'}`);
-    const loadSeq = session.sendAt(3, 'load', 'cd', { ClusterID: params.cluster, SchemeID: params.scheme, NAME: params.name });
-    const loaded = await session.answer(loadSeq, 3, 'cd.load');
-    const lr = loaded.result || {};
+    const lr = await connectAndLoad(params, wsUrl);
     if (![0, 1, 2].includes(Number(lr.code))) throw new StepError(3, `cd.load ${refusal(lr)}`);
     if (lr.SVPartyID === undefined || !lr.confdata || lr.confdata.ID === undefined) {
       throw new StepError(3, 'cd.load: malformed answer: ANSW.result.SVPartyID or ANSW.result.confdata.ID missing');
@@ -753,7 +1116,13 @@
     session.party = String(lr.SVPartyID);
     callme.party = session.party;
     callme.conference = String(lr.confdata.ID);
-    note('pre', 0, 'cd.load', `code ${lr.code}, conference ${callme.conference}, own party ${session.party}`);
+    callme.control = Number(lr.bControl) === 1;
+    note('pre', 0, 'cd.load', `code ${lr.code}, conference ${callme.conference}, own party ${session.party}${callme.control ? ', controls' : ''}`);
+    setRoster(lr.parties);
+    const room = ui.byId('room');
+    if (room) room.hidden = false;
+    const me = ui.byId('who-am-i');
+    if (me) me.textContent = `${callme.account ? callme.account.name : params.name}${callme.control ? ' (controls the conference)' : ''}`;
     const own = { ClusterID: params.cluster, ID: callme.conference, PartyID: session.party };
 
     // Steps 3-5: CALLME_S1, its answer, servdesc.
@@ -897,6 +1266,7 @@
   });
 
   function start() {
+    wireControls();
     let params;
     try {
       params = readParams();
