@@ -250,9 +250,12 @@ mod connect;
 #[cfg_attr(docsrs, doc(cfg(feature = "core")))]
 pub mod core;
 mod error;
+mod login;
 pub mod media;
 #[cfg(feature = "core")]
 pub mod netem;
+mod resume;
+pub mod roster;
 pub mod signaling;
 pub mod spec;
 mod steps;
@@ -263,9 +266,12 @@ pub mod transcript;
 pub mod wire;
 
 pub use audio::AudioSource;
-pub use call::{CallEvent, Connected};
+pub use call::{CallEvent, ChatMessage, Connected};
 pub use connect::ConnectOptions;
 pub use error::{Cause, Error, JoinError, Result, Source, Stage};
+pub use login::{Account, LoggedIn, Password, Role};
+pub use resume::{Resume, ResumeToken, Resumed};
+pub use roster::{Member, MemberState, Roster, RosterChange};
 pub use signaling::{Party, Session, Timeouts};
 pub use steps::{MediaReady, Offered, S1Accepted, S2Accepted};
 #[cfg(feature = "tls")]
