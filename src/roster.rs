@@ -222,9 +222,9 @@ impl RosterChange {
             | RosterChange::StateChanged { member: m, .. }
             | RosterChange::Renamed { member: m, .. }
             | RosterChange::Moved { member: m, .. } => Some(m.id),
-            RosterChange::Anomaly(Anomaly::UnknownDeleted { id, .. } | Anomaly::UnknownUpdated { id } | Anomaly::OldIndexMismatch { id, .. }) => {
-                Some(*id)
-            }
+            RosterChange::Anomaly(
+                Anomaly::UnknownDeleted { id, .. } | Anomaly::UnknownUpdated { id } | Anomaly::OldIndexMismatch { id, .. },
+            ) => Some(*id),
         }
     }
 }

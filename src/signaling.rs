@@ -27,8 +27,8 @@ use crate::resume::{Reopen, Resume, ResumeToken};
 use crate::roster::Roster;
 use crate::transcript::{Routing, Side, Transcript, What};
 use crate::wire::{
-    self, Answer, ClusterId, Command, ConfChanged, Event, Incoming, InstantMsg, LoadAnswer, Loaded, LoginAnswer, PartyId, SchemeId, TimerTime,
-    WireError,
+    self, Answer, ClusterId, Command, ConfChanged, Event, Incoming, InstantMsg, LoadAnswer, Loaded, LoginAnswer, PartyId, SchemeId,
+    TimerTime, WireError,
 };
 
 /// What a transport yields: a text frame, or the end of the connection.
@@ -191,7 +191,10 @@ impl Session {
     /// Gives a session made by [`Session::over`] a way to open another like it, so that the
     /// party can be resumed ([`crate::Resume`]); a session from [`Session::connect`] opens the
     /// same URL with the same options by itself.
-    pub fn with_reopen(mut self, reopen: impl Fn() -> futures::future::BoxFuture<'static, Result<Session>> + Send + Sync + 'static) -> Self {
+    pub fn with_reopen(
+        mut self,
+        reopen: impl Fn() -> futures::future::BoxFuture<'static, Result<Session>> + Send + Sync + 'static,
+    ) -> Self {
         self.reopen = Some(Arc::new(reopen));
         self
     }
@@ -306,7 +309,13 @@ impl Session {
     }
 
     /// `cd.load`, with `ResumeToken` when coming back.
-    pub(crate) async fn load_with(mut self, cluster: ClusterId, scheme: SchemeId, name: &str, token: Option<&ResumeToken>) -> Result<Party> {
+    pub(crate) async fn load_with(
+        mut self,
+        cluster: ClusterId,
+        scheme: SchemeId,
+        name: &str,
+        token: Option<&ResumeToken>,
+    ) -> Result<Party> {
         if let Some(t) = token {
             self.transcript.redact(t.as_str(), "resume-token");
         }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use callme::media::fake::{FakeMedia, FakeProbe};
 use callme::testing::{conf_changed_event, disconnected_event, timer_event, values, Fault, ScriptedCore};
 use callme::{
-    AudioSource, CallEvent, ClusterId, Connected, MediaReady, Party, PartyId, Render, RosterChange, SchemeId, Session, Stage, Timeouts, Transcript,
+    AudioSource, CallEvent, ClusterId, Connected, MediaReady, Party, PartyId, Render, RosterChange, SchemeId, Session, Stage, Timeouts,
+    Transcript,
 };
 use tokio::time::Instant;
 
