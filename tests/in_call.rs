@@ -178,6 +178,6 @@ async fn a_join_whose_socket_closed_gives_no_party_back() {
     let failed = ready.call_me_s1(party).await.err().expect("step 4 fails");
     assert_eq!(failed.step(), Some(4));
     assert!(!failed.has_party());
-    let e = failed.into_party().err().expect("the error, not a party");
+    let e = failed.into_party().expect_err("the error, not a party");
     assert!(e.to_string().contains("the WebSocket closed"), "{e}");
 }
