@@ -26,22 +26,58 @@ use tokio::task::JoinHandle;
 
 use crate::audio::{self, Frame};
 use crate::error::{Cause, Error, Result, Stage};
+use crate::login::Account;
 use crate::media::sdp::OfferFacts;
-use crate::signaling::{InCall, Party};
+use crate::resume::{Resume, ResumeToken};
+use crate::roster::{Roster, RosterChange};
+use crate::signaling::{InCall, Party, SharedRoster};
 use crate::steps::Join;
 use crate::transcript::{Side, Transcript, What};
-use crate::wire::{Answer, Command, Event, Loaded, PartyId, ServUfrag, WireError};
+use crate::wire::{self, Answer, Command, Event, InstantMsg, Loaded, PartyId, PartyRef, ServUfrag, WireError};
 
 /// Events kept for an application that does not read them; past that the oldest go and the
 /// application is told how many with [`CallEvent::Lagged`].
 const EVENT_QUEUE: usize = 1024;
 
-/// What happens in the call, in the order it happens.
+/// A chat line (`conf.instantmsg`), the sender's own included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChatMessage {
+    /// The sender's party, when the core names it (`SenderID`).
+    pub from: Option<PartyId>,
+    /// `username`: the sender party's `NAME`.
+    pub username: String,
+    /// `msg`: the text.
+    pub msg: String,
+    /// `color`: as the sender gave it (empty when none).
+    pub color: String,
+    /// `time`: unix seconds, when the core received it (0 when absent).
+    pub time: u64,
+}
+
+impl ChatMessage {
+    pub(crate) fn from_wire(m: InstantMsg) -> Self {
+        ChatMessage { from: m.sender, username: m.username, msg: m.msg, color: m.color, time: m.time }
+    }
+}
+
+/// What happens in the call, in the order it happens. What was read during the join's steps
+/// comes first, when the call starts.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum CallEvent {
-    /// An event from the core for this party or its conference (`conf.changed`, `timer.time`,
-    /// or any other): passed on as read.
+    /// A change of the conference's roster (from `conf.changed`, already applied to
+    /// [`Connected::roster`]), one's own party's included; one event per change.
+    Roster(RosterChange),
+    /// A chat line (`conf.instantmsg`).
+    Chat(ChatMessage),
+    /// The core's clock (`timer.time`).
+    Clock {
+        /// Unix seconds.
+        unix: u64,
+    },
+    /// Any other event from the core for this party or its conference, passed on as read (also
+    /// a `conf.changed` of another conference).
     Core(Event),
     /// A frame from the core that could not be read; the call goes on.
     Malformed(WireError),
@@ -59,6 +95,8 @@ pub enum CallEvent {
 enum Control {
     /// Send a command and give back its answer.
     Command { cmd: Command, reply: oneshot::Sender<Result<Answer>> },
+    /// Stop or resume sending one's audio.
+    Sending { on: bool, done: oneshot::Sender<Result<()>> },
     /// Close the media, tell the core, and give the party back.
     HangUp,
 }
@@ -122,17 +160,26 @@ pub struct Connected {
     control: mpsc::UnboundedSender<Control>,
     task: Option<JoinHandle<Party>>,
     answer_timeout: Duration,
+    roster: Option<SharedRoster>,
+    resume: Resume,
+    account: Option<Account>,
+    muted: std::sync::atomic::AtomicBool,
 }
 
 impl Connected {
     /// Starts the call's task; the join hands over its media and its party (step 19 done).
-    pub(crate) fn start(join: Join, party: Party, offer: OfferFacts, core: ServUfrag, heard: broadcast::Receiver<Frame>) -> Connected {
+    pub(crate) fn start(join: Join, mut party: Party, offer: OfferFacts, core: ServUfrag, heard: broadcast::Receiver<Frame>) -> Connected {
         let (events_tx, events_rx) = broadcast::channel(EVENT_QUEUE);
         let (ended_tx, ended_rx) = watch::channel(None);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let transcript = join.transcript.clone();
         let answer_timeout = party.session.timeouts().answer;
         let (id, loaded) = (party.id(), party.loaded().clone());
+        let (roster, resume, account) = (party.session.shared_roster(), party.resumer(), party.account().cloned());
+        // What was read during the steps is told first: nothing is lost.
+        for e in party.session.take_early() {
+            let _ = events_tx.send(e);
+        }
         let task = tokio::spawn(drive(join, party, events_tx, ended_tx, control_rx));
         Connected {
             party: id,
@@ -146,7 +193,109 @@ impl Connected {
             control: control_tx,
             task: Some(task),
             answer_timeout,
+            roster,
+            resume,
+            account,
+            muted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The conference's parties now, one's own included: kept by the call's task from every
+    /// `conf.changed` it reads, whether or not the application reads the events.
+    pub fn roster(&self) -> Roster {
+        self.roster.as_ref().map(|r| crate::signaling::lock(r).clone()).unwrap_or_default()
+    }
+
+    /// The account the session logged in as, if it did.
+    pub fn account(&self) -> Option<&Account> {
+        self.account.as_ref()
+    }
+
+    /// The `ResumeToken` the core gave, if it gives one.
+    pub fn resume_token(&self) -> Option<&ResumeToken> {
+        self.resume.token.as_ref()
+    }
+
+    /// What a new session needs to come back as this party after the WebSocket is lost
+    /// ([`Resume::connect`]); usable after the call has ended.
+    pub fn resumer(&self) -> Resume {
+        self.resume.clone()
+    }
+
+    /// Whether one's own audio is not being sent ([`Connected::set_mic`]).
+    pub fn is_muted(&self) -> bool {
+        self.muted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Switches one's own microphone (`SETMIC` for oneself). Off: the media stops sending at
+    /// once, before the core answers, and stays so even if the core refuses (what a person
+    /// muted is never sent); on: sending resumes once the core has accepted. A refusal is an
+    /// error with the core's code, class and text ([`Cause::Refused`]).
+    pub async fn set_mic(&self, on: bool) -> Result<()> {
+        if !on {
+            self.set_sending(false).await?;
+        }
+        self.act(Command::set_mic(self.loaded.at(), on)).await?;
+        if on {
+            self.set_sending(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Switches another party's microphone (`SETMIC`); the core accepts it only from a session
+    /// that controls the conference. The party's `bMicOn` comes back as a roster change.
+    pub async fn set_mic_of(&self, party: PartyId, on: bool) -> Result<()> {
+        if party == self.party {
+            return self.set_mic(on).await;
+        }
+        self.act(Command::set_mic(self.at(party), on)).await
+    }
+
+    /// Sends a chat line to the conference (`INSTANTMSG`); it comes back to everyone, oneself
+    /// included, as [`CallEvent::Chat`]. An empty `msg` or one longer than
+    /// [`wire::MAX_MSG_CHARS`] characters is refused here, naming `msg`.
+    pub async fn say(&self, msg: &str) -> Result<()> {
+        self.say_in(msg, None).await
+    }
+
+    /// [`Connected::say`] with a `color` for the line.
+    pub async fn say_in(&self, msg: &str, color: Option<&str>) -> Result<()> {
+        let chars = msg.chars().count();
+        if chars == 0 || chars > wire::MAX_MSG_CHARS {
+            let reason = format!("msg: {chars} characters; a chat line has 1 to {} characters", wire::MAX_MSG_CHARS);
+            return Err(Error::new(Stage::InCall, Cause::Invalid { reason }));
+        }
+        self.act(Command::instant_msg(self.loaded.cluster, self.loaded.conf, msg, color)).await
+    }
+
+    /// Removes a party from the conference (`DELPARTY`); the core accepts it for another party
+    /// only from a session that controls the conference. The party leaves the roster when the
+    /// core's `delParties` comes.
+    pub async fn remove(&self, party: PartyId) -> Result<()> {
+        self.act(Command::del_party(self.at(party))).await
+    }
+
+    fn at(&self, party: PartyId) -> PartyRef {
+        PartyRef { party, ..self.loaded.at() }
+    }
+
+    /// Sends a command and turns a negative answer into an error.
+    async fn act(&self, cmd: Command) -> Result<()> {
+        let answer = self.command(cmd).await?;
+        match answer.refusal(&[wire::code::OK]) {
+            Some(r) => Err(Error::new(Stage::InCall, Cause::Refused(r))),
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the media to stop or resume sending.
+    async fn set_sending(&self, on: bool) -> Result<()> {
+        let gone = || Error::new(Stage::InCall, Cause::Disconnected { reason: "the call has been hung up".into() });
+        let (done, result) = oneshot::channel();
+        self.control.send(Control::Sending { on, done }).map_err(|_| gone())?;
+        result.await.map_err(|_| gone())??;
+        self.muted.store(!on, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// One's own party.
@@ -306,6 +455,11 @@ async fn drive(
             c = control.recv() => match c {
                 None => break true,
                 Some(Control::HangUp) => break false,
+                Some(Control::Sending { on, done }) => {
+                    join.call(20, "setSending", if on { "on: the local audio is sent" } else { "off: silence is sent instead" });
+                    let result = join.media.set_sending(on).await.map_err(|reason| Error::new(Stage::InCall, Cause::Media { call: "setSending", reason }));
+                    let _ = done.send(result);
+                }
                 Some(Control::Command { cmd, reply }) => {
                     pending.retain(|_, r| !r.is_closed());
                     match party.session.send(Stage::InCall, cmd, true).await {
@@ -315,7 +469,11 @@ async fn drive(
                 }
             },
             item = party.session.next_in_call(), if !party.session.is_closed() => match item {
-                InCall::Event(e) => deliver(&events, CallEvent::Core(e)),
+                InCall::Event(_, typed) => {
+                    for e in typed {
+                        deliver(&events, e);
+                    }
+                }
                 InCall::Malformed(w) => deliver(&events, CallEvent::Malformed(w)),
                 InCall::Answer(a) => {
                     if let Some(reply) = pending.remove(&a.seq) {

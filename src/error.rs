@@ -23,6 +23,8 @@ use crate::wire::{Refusal, WireError};
 pub enum Stage {
     /// Opening the WebSocket.
     Open,
+    /// The login query (`q_cplxLogin`).
+    Login,
     /// `cd.load`: getting one's own party.
     Load,
     /// A step of the seed's sequence, 1–19.
@@ -35,7 +37,7 @@ impl Stage {
     /// The step number for the transcript (0 before the sequence, 20 after it).
     pub fn transcript_step(self) -> u8 {
         match self {
-            Stage::Open | Stage::Load => 0,
+            Stage::Open | Stage::Login | Stage::Load => 0,
             Stage::Step(n) => n,
             Stage::InCall => 20,
         }
@@ -46,6 +48,7 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stage::Open => write!(f, "opening the WebSocket"),
+            Stage::Login => write!(f, "the login (q_cplxLogin)"),
             Stage::Load => write!(f, "cd.load"),
             Stage::Step(n) => write!(f, "step {n} ({})", crate::spec::step(*n).text),
             Stage::InCall => write!(f, "in the call"),
@@ -96,6 +99,16 @@ pub enum Cause {
     /// The core answered negatively.
     #[error("refused by the core: {0}")]
     Refused(#[source] Refusal),
+    /// The core answered the login with a `RETCODE` that is not a login.
+    #[error("login refused: RETCODE {retcode} ({meaning}){}", closed_after(.closed))]
+    LoginFailed {
+        /// `RETCODE` (`4` unknown login or wrong password, `5` low privileges, ...).
+        retcode: i64,
+        /// What it means, in words.
+        meaning: String,
+        /// How the core then closed the WebSocket (`close code 1008 ...`), when that was seen.
+        closed: Option<String>,
+    },
     /// A wait ran out of time.
     #[error("timed out after {after:?} waiting for {waiting_for}")]
     TimedOut {
@@ -145,6 +158,14 @@ pub enum Cause {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// The end of [`Cause::LoginFailed`]'s sentence: the close that followed, if seen.
+fn closed_after(closed: &Option<String>) -> String {
+    match closed {
+        Some(how) => format!("; the core then closed the WebSocket ({how})"),
+        None => String::new(),
+    }
 }
 
 impl Cause {

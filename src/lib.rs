@@ -79,8 +79,8 @@
 //!   decoded mix, 20 ms at a time; `None` once the call has ended and the frames already heard
 //!   are read;
 //! - the events: [`Connected::next_event`] (or [`Connected::events`]) gives [`CallEvent`]s in
-//!   order: what the core says (`conf.changed`, `timer.time`, any event for this party or its
-//!   conference, passed on as read), a frame that could not be read, and last
+//!   order: the roster's changes, chat lines, the core's clock, any other event for this party
+//!   or its conference (passed on as read), a frame that could not be read, and last
 //!   [`CallEvent::Ended`] with the reason, which [`Connected::end_reason`] keeps.
 //!
 //! Both take `&self`, so one loop can wait on both:
@@ -103,6 +103,129 @@
 //! }
 //! println!("ended: {:?}", call.end_reason());
 //! # }
+//! ```
+//!
+//! ## Logging in
+//!
+//! A core with accounts wants a login before anything else (the `q_cplxLogin` query).
+//! [`Session::login`] consumes the session and gives a [`LoggedIn`], whose only next step is
+//! [`LoggedIn::load`]; its [`Account`] says the [`Role`] (user, admin, system administrator;
+//! the last two control the conference) and the display name, which names the party when no
+//! name is given to `load`.
+//!
+//! ```no_run
+//! use callme::{ClusterId, Role, SchemeId, Session};
+//!
+//! # async fn run() -> Result<(), callme::Error> {
+//! let logged_in = Session::connect("ws://127.0.0.1:8080/ws").await?.login("alice", "secret").await?;
+//! println!("{} ({})", logged_in.account().name, logged_in.account().role);
+//! let controls = logged_in.account().role == Role::Admin;
+//! let party = logged_in.load(ClusterId(1), SchemeId(7), "").await?; // named after the account
+//! assert_eq!(party.loaded().control, controls);
+//! # Ok(()) }
+//! ```
+//!
+//! A refused login is an [`Error`] at [`Stage::Login`] with [`Cause::LoginFailed`]: the
+//! `RETCODE`, what it means, and the close code with which the core then closed the socket. The
+//! password is sent once, in the query, and is in no transcript, log or `Debug` print
+//! ([`Password`]). A [`Party`] has no `login`: loading before the login does not compile.
+//!
+//! ```compile_fail,E0599
+//! # async fn f(session: callme::Session) -> Result<(), callme::Error> {
+//! let party = session.load(callme::ClusterId(1), callme::SchemeId(7), "bot").await?;
+//! let late = party.login("alice", "secret").await; // Party has no login
+//! # Ok(()) }
+//! ```
+//!
+//! ## The roster and its events
+//!
+//! [`Party::roster`] and [`Connected::roster`] give the conference's parties ([`Roster`] of
+//! [`Member`]s: id, index, name, state, mic, talking, and the rest of `partydata`), from the
+//! `cd.load` answer on, with every `conf.changed` applied in order as PROTOCOL §8 says, also
+//! while the join's steps run and whether or not the application reads events. Each change is
+//! also a [`CallEvent::Roster`]: who joined, left, switched the mic, started or stopped
+//! talking, changed state, name or place; a `conf.changed` that does not fit (a deletion of an
+//! unknown party, say) is a [`RosterChange::Anomaly`], never a corrupted roster.
+//!
+//! ```
+//! use callme::wire::{ConfChanged, ConfId, PartyData, PartyGone, PartyId};
+//! use callme::{Roster, RosterChange};
+//!
+//! let mut roster = Roster::new(ConfId(7), &[PartyData::new(PartyId(3), 0, "me"), PartyData::new(PartyId(4), 1, "Bob")]);
+//! let mut bob = PartyData::new(PartyId(4), 1, "Bob");
+//! (bob.old_index, bob.talking) = (Some(1), true);
+//! let changes = roster.apply(&ConfChanged { conf: ConfId(7), upd: vec![bob], ..ConfChanged::default() });
+//! assert!(matches!(&changes[..], [RosterChange::TalkingStarted(m)] if m.name == "Bob"));
+//! let gone = ConfChanged { conf: ConfId(7), del: vec![PartyGone { id: PartyId(9), index: 5 }], ..ConfChanged::default() };
+//! assert!(matches!(&roster.apply(&gone)[..], [RosterChange::Anomaly(_)]));
+//! assert_eq!(roster.len(), 2);
+//! ```
+//!
+//! In the call:
+//!
+//! ```no_run
+//! # async fn run(call: callme::Connected) {
+//! use callme::{CallEvent, RosterChange};
+//! while let Some(event) = call.next_event().await {
+//!     match event {
+//!         CallEvent::Roster(RosterChange::Joined(m)) => println!("{} joined", m.name),
+//!         CallEvent::Roster(RosterChange::TalkingStarted(m)) => println!("{} talks", m.name),
+//!         CallEvent::Roster(change) => println!("{change}"),
+//!         CallEvent::Chat(line) => println!("<{}> {}", line.username, line.msg),
+//!         CallEvent::Clock { unix } => println!("the core's clock: {unix}"),
+//!         CallEvent::Ended(why) => println!("ended: {why}"),
+//!         other => println!("{other:?}"), // any other event, as read
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! ## Acting
+//!
+//! Each is one awaited call; a refusal is an [`Error`] with the core's code, class and text
+//! ([`Error::refusal`]). [`Connected::set_mic`] switches one's own microphone: muted, the media
+//! sends silence instead of the source (as a browser's disabled track), from before the core
+//! answers. [`Connected::say`] sends a chat line. With control of the conference (an admin's
+//! login): [`Connected::set_mic_of`] and [`Connected::remove`] for another party.
+//!
+//! ```no_run
+//! # async fn run(call: callme::Connected) -> Result<(), callme::Error> {
+//! call.set_mic(false).await?; // nothing of the source is sent from now on
+//! call.say("back in a minute").await?;
+//! call.set_mic(true).await?;
+//! if let Some(bob) = call.roster().by_name("Bob") {
+//!     if let Err(e) = call.remove(bob.id).await {
+//!         eprintln!("not removed: {:?}", e.refusal()); // code 202, class auth without control
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Being removed by a controller ends the call: [`CallEvent::Ended`] carries the core's reason.
+//!
+//! ## Coming back
+//!
+//! The core gives a [`ResumeToken`] with the load ([`Party::resume_token`]). When the WebSocket
+//! is lost, [`Connected::resumer`] (usable after the end) opens a new session to the same URL
+//! with the same options, logs in again if the first session did, loads with the token and
+//! says whether the party is the same ([`Resumed::Same`]) or the core made a new one
+//! ([`Resumed::New`], after its grace time); then the party joins the media again.
+//!
+//! ```no_run
+//! # async fn run(call: callme::Connected) -> Result<(), callme::Error> {
+//! use callme::{AudioSource, Resumed};
+//! let resume = call.resumer();
+//! let why = call.ended().await;
+//! eprintln!("lost: {why}");
+//! let party = match resume.connect().await? {
+//!     Resumed::Same(party) => party,
+//!     Resumed::New { party, lost } => {
+//!         eprintln!("party {} is gone; now {}", lost.0, party.id().0);
+//!         party
+//!     }
+//! };
+//! let call = party.join(AudioSource::tone(440.0)).await?;
+//! # let _ = call; Ok(()) }
 //! ```
 //!
 //! ## How a call ends
@@ -217,7 +340,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`wire`] | the frames of the protocol, strict parsing whose errors name the field |
-//! | [`signaling`] | a session over any `Sink`/`Stream` of frames: `seq`, answers, event routing, timeouts |
+//! | [`signaling`] | a session over any `Sink`/`Stream` of frames: `seq`, answers, event routing, timeouts; the login and the roster's updates |
+//! | [`roster`] | the conference's parties, kept by `conf.changed` |
+//! | `login`, `resume` | [`LoggedIn`] and [`Account`]; [`Resume`] and [`ResumeToken`] |
 //! | [`media`] | the browser-like calls as a trait; webrtc-rs behind it; SDP read and written |
 //! | `steps` | the typestates ([`MediaReady`] … [`S2Accepted`]) |
 //! | `call` | [`Connected`]: the call's task, its audio and its events |
@@ -250,9 +375,12 @@ mod connect;
 #[cfg_attr(docsrs, doc(cfg(feature = "core")))]
 pub mod core;
 mod error;
+mod login;
 pub mod media;
 #[cfg(feature = "core")]
 pub mod netem;
+mod resume;
+pub mod roster;
 pub mod signaling;
 pub mod spec;
 mod steps;
@@ -263,9 +391,12 @@ pub mod transcript;
 pub mod wire;
 
 pub use audio::AudioSource;
-pub use call::{CallEvent, Connected};
+pub use call::{CallEvent, ChatMessage, Connected};
 pub use connect::ConnectOptions;
 pub use error::{Cause, Error, JoinError, Result, Source, Stage};
+pub use login::{Account, LoggedIn, Password, Role};
+pub use resume::{Resume, ResumeToken, Resumed};
+pub use roster::{Member, MemberState, Roster, RosterChange};
 pub use signaling::{Party, Session, Timeouts};
 pub use steps::{MediaReady, Offered, S1Accepted, S2Accepted};
 #[cfg(feature = "tls")]

@@ -13,15 +13,23 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
+use crate::call::{CallEvent, ChatMessage};
 use crate::connect::ConnectOptions;
 use crate::error::{Cause, Error, Result, Stage};
+use crate::login::{self, Account, Credentials, LoggedIn, Password, Role};
+use crate::resume::{Reopen, Resume, ResumeToken};
+use crate::roster::Roster;
 use crate::transcript::{Routing, Side, Transcript, What};
-use crate::wire::{self, Answer, ClusterId, Command, Event, Incoming, Loaded, PartyId, SchemeId, WireError};
+use crate::wire::{
+    self, Answer, ClusterId, Command, ConfChanged, Event, Incoming, InstantMsg, LoadAnswer, Loaded, LoginAnswer, PartyId, SchemeId,
+    TimerTime, WireError,
+};
 
 /// What a transport yields: a text frame, or the end of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +100,16 @@ impl Default for Timeouts {
 const SEQUENCE_EVENTS: [&str; 2] = [wire::ServDesc::EVENT, wire::ServUfrag::EVENT];
 /// The event that ends a party's media session.
 pub const DISCONNECTED: &str = "conf.webrtc.Disconnected";
+/// Events read during the steps kept for the call's event stream; past that the oldest go.
+const EARLY_KEPT: usize = 1024;
+
+/// The roster, shared by the session that keeps it and the call that shows it.
+pub(crate) type SharedRoster = Arc<Mutex<Roster>>;
+
+/// Locks the roster (a panic elsewhere cannot leave it half-applied: `apply` does not panic).
+pub(crate) fn lock(r: &SharedRoster) -> std::sync::MutexGuard<'_, Roster> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A signaling session: one WebSocket (or other transport) to the core.
 pub struct Session {
@@ -106,6 +124,18 @@ pub struct Session {
     transcript: Transcript,
     timeouts: Timeouts,
     host: Option<String>,
+    /// The roster, from `cd.load` on.
+    roster: Option<SharedRoster>,
+    /// What the application will be told when the call starts: read during the steps.
+    early: VecDeque<CallEvent>,
+    /// How many of those were dropped to keep `early` bounded.
+    early_missed: u64,
+    /// How to open another session like this one (for a resume).
+    pub(crate) reopen: Option<Reopen>,
+    /// The login, kept for a resume.
+    credentials: Option<Credentials>,
+    /// The account logged in as.
+    account: Option<Account>,
 }
 
 impl Session {
@@ -124,6 +154,12 @@ impl Session {
     /// ([`ConnectOptions`]). A certificate the roots do not vouch for fails at
     /// [`Stage::Open`] with rustls's reason.
     pub async fn connect_with_options(url: &str, options: &ConnectOptions) -> Result<Session> {
+        let mut session = Self::open(url, options).await?;
+        session.reopen = Some(reopener(url.to_owned(), options.clone()));
+        Ok(session)
+    }
+
+    async fn open(url: &str, options: &ConnectOptions) -> Result<Session> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -152,6 +188,17 @@ impl Session {
         Ok(session)
     }
 
+    /// Gives a session made by [`Session::over`] a way to open another like it, so that the
+    /// party can be resumed ([`crate::Resume`]); a session from [`Session::connect`] opens the
+    /// same URL with the same options by itself.
+    pub fn with_reopen(
+        mut self,
+        reopen: impl Fn() -> futures::future::BoxFuture<'static, Result<Session>> + Send + Sync + 'static,
+    ) -> Self {
+        self.reopen = Some(Arc::new(reopen));
+        self
+    }
+
     /// A session over any transport of text frames.
     pub fn over(transport: impl Transport + 'static, timeouts: Timeouts) -> Session {
         Session {
@@ -164,6 +211,12 @@ impl Session {
             transcript: Transcript::new(),
             timeouts,
             host: None,
+            roster: None,
+            early: VecDeque::new(),
+            early_missed: 0,
+            reopen: None,
+            credentials: None,
+            account: None,
         }
     }
 
@@ -194,13 +247,19 @@ impl Session {
         self.answer(stage, seq, &cmd.cmd).await
     }
 
-    /// `cd.load`: loads (or joins) the conference `scheme` and returns the session's own party.
-    pub async fn load(mut self, cluster: ClusterId, scheme: SchemeId, name: &str) -> Result<Party> {
-        let loaded = self.load_inner(cluster, scheme, name).await;
-        match loaded {
-            Ok(loaded) => {
-                self.own_party = Some(loaded.party);
-                Ok(Party { session: self, loaded })
+    /// Logs in with the `q_cplxLogin` query (PROTOCOL §7), for a core with accounts; then
+    /// [`LoggedIn::load`]. A `RETCODE` that is not a login (2, 3, 12) fails at
+    /// [`Stage::Login`] with [`Cause::LoginFailed`] naming it and its meaning, and how the core
+    /// closed the socket when that was seen; a negative answer to the query is
+    /// [`Cause::Refused`]. The session is closed after a failure. The password goes on the
+    /// wire once and nowhere else: the transcript shows [`wire::login::REDACTED`].
+    pub async fn login(mut self, user: &str, password: impl Into<Password>) -> Result<LoggedIn> {
+        let password = password.into();
+        match self.login_inner(user, &password).await {
+            Ok(account) => {
+                self.credentials = Some(Credentials { user: user.to_owned(), password });
+                self.account = Some(account.clone());
+                Ok(LoggedIn { session: self, account })
             }
             Err(e) => {
                 self.transcript.record(0, Side::Local, What::Failed { error: e.to_string() });
@@ -210,17 +269,144 @@ impl Session {
         }
     }
 
-    async fn load_inner(&mut self, cluster: ClusterId, scheme: SchemeId, name: &str) -> Result<Loaded> {
+    async fn login_inner(&mut self, user: &str, password: &Password) -> Result<Account> {
+        let stage = Stage::Login;
+        let answer = self.request(stage, Command::login(user, password.expose())).await?;
+        if let Some(refusal) = answer.refusal(&[wire::code::OK]) {
+            return Err(Error::new(stage, Cause::Refused(refusal)));
+        }
+        let login = LoginAnswer::from_answer(&answer).map_err(|e| Error::new(stage, Cause::Malformed(e)))?;
+        match Role::from_retcode(login.retcode) {
+            Some(role) => Ok(Account { login: user.to_owned(), role, name: login.name }),
+            None => {
+                let closed = self.close_seen(stage).await;
+                Err(login::failed(login.retcode, closed))
+            }
+        }
+    }
+
+    /// After a failed login the core closes the socket: waits a little for that, and says how.
+    async fn close_seen(&mut self, stage: Stage) -> Option<String> {
+        let after = self.timeouts.answer.min(Duration::from_secs(2));
+        let deadline = Instant::now() + after;
+        loop {
+            match self.read_raw(stage, deadline, "the close after a failed login", after).await {
+                Ok((frame, _)) => self.record_received(stage, frame, Routing::Stale),
+                Err(_) => return self.closed.clone(),
+            }
+        }
+    }
+
+    /// The account this session logged in as, if it did.
+    pub fn account(&self) -> Option<&Account> {
+        self.account.as_ref()
+    }
+
+    /// `cd.load`: loads (or joins) the conference `scheme` and returns the session's own party,
+    /// with the conference's roster from the answer's `parties`.
+    pub async fn load(self, cluster: ClusterId, scheme: SchemeId, name: &str) -> Result<Party> {
+        self.load_with(cluster, scheme, name, None).await
+    }
+
+    /// `cd.load`, with `ResumeToken` when coming back.
+    pub(crate) async fn load_with(
+        mut self,
+        cluster: ClusterId,
+        scheme: SchemeId,
+        name: &str,
+        token: Option<&ResumeToken>,
+    ) -> Result<Party> {
+        if let Some(t) = token {
+            self.transcript.redact(t.as_str(), "resume-token");
+        }
+        let loaded = self.load_inner(cluster, scheme, name, token).await;
+        match loaded {
+            Ok(answer) => {
+                let loaded = answer.loaded.clone();
+                self.own_party = Some(loaded.party);
+                self.roster = Some(Arc::new(Mutex::new(Roster::new(loaded.conf, &answer.parties))));
+                let resume_token = answer.resume_token.map(ResumeToken::new);
+                if let Some(t) = &resume_token {
+                    self.transcript.redact(t.as_str(), "resume-token");
+                }
+                Ok(Party { session: self, loaded, scheme, name: name.to_owned(), resume_token })
+            }
+            Err(e) => {
+                self.transcript.record(0, Side::Local, What::Failed { error: e.to_string() });
+                self.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_inner(&mut self, cluster: ClusterId, scheme: SchemeId, name: &str, token: Option<&ResumeToken>) -> Result<LoadAnswer> {
         let mut cmd = Command::new("cd", "load").param("ClusterID", cluster).param("SchemeID", scheme);
         if !name.is_empty() {
             cmd = cmd.param("NAME", name);
+        }
+        if let Some(t) = token {
+            cmd = cmd.param(wire::RESUME_TOKEN, t.as_str());
         }
         let answer = self.request(Stage::Load, cmd).await?;
         let ok = [wire::code::OK, wire::code::LOAD_CONNECTED, wire::code::LOAD_ALREADY_CONNECTED];
         if let Some(refusal) = answer.refusal(&ok) {
             return Err(Error::new(Stage::Load, Cause::Refused(refusal)));
         }
-        Loaded::from_answer(&answer, cluster).map_err(|e| Error::new(Stage::Load, Cause::Malformed(e)))
+        LoadAnswer::from_answer(&answer, cluster).map_err(|e| Error::new(Stage::Load, Cause::Malformed(e)))
+    }
+
+    /// The roster, from `cd.load` on (empty before).
+    pub fn roster(&self) -> Roster {
+        self.roster.as_ref().map(|r| lock(r).clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn shared_roster(&self) -> Option<SharedRoster> {
+        self.roster.clone()
+    }
+
+    /// What the application is to be told of an event: the roster's changes for a
+    /// `conf.changed` of the own conference (applied to the roster now), a chat line, the
+    /// clock, or the event itself.
+    pub(crate) fn typed(&mut self, e: Event) -> Vec<CallEvent> {
+        let conf = self.roster.as_ref().map(|r| lock(r).conf());
+        match e.name().as_str() {
+            ConfChanged::EVENT => match (&self.roster, ConfChanged::from_event(&e)) {
+                (Some(r), Ok(c)) if Some(c.conf) == conf => lock(r).apply(&c).into_iter().map(CallEvent::Roster).collect(),
+                (Some(_), Err(w)) => vec![CallEvent::Malformed(w)],
+                _ => vec![CallEvent::Core(e)],
+            },
+            InstantMsg::EVENT => match InstantMsg::from_event(&e) {
+                Ok(m) if Some(m.conf) == conf || conf.is_none() => vec![CallEvent::Chat(ChatMessage::from_wire(m))],
+                Ok(_) => vec![CallEvent::Core(e)],
+                Err(w) => vec![CallEvent::Malformed(w)],
+            },
+            TimerTime::EVENT => match TimerTime::from_event(&e) {
+                Ok(t) => vec![CallEvent::Clock { unix: t.t }],
+                Err(w) => vec![CallEvent::Malformed(w)],
+            },
+            _ => vec![CallEvent::Core(e)],
+        }
+    }
+
+    /// Keeps what an event read during the steps means, for the call's event stream.
+    fn keep_early(&mut self, e: Event) {
+        for ce in self.typed(e) {
+            if self.early.len() == EARLY_KEPT {
+                self.early.pop_front();
+                self.early_missed += 1;
+            }
+            self.early.push_back(ce);
+        }
+    }
+
+    /// What was read during the steps, to be told first when the call starts.
+    pub(crate) fn take_early(&mut self) -> Vec<CallEvent> {
+        let mut out = Vec::with_capacity(self.early.len() + 1);
+        if self.early_missed > 0 {
+            out.push(CallEvent::Lagged { missed: std::mem::take(&mut self.early_missed) });
+        }
+        out.extend(self.early.drain(..));
+        out
     }
 
     /// Sends a command; `seq` is allocated unless `want_answer` is false (then `seq` is 0).
@@ -241,8 +427,9 @@ impl Session {
             self.used.clear();
             self.kept.clear();
         }
+        // The login's password is on the wire only, never in the transcript.
+        self.transcript.record(step, Side::Ws, What::Sent { frame: cmd.to_shown_frame() });
         let frame = cmd.to_frame();
-        self.transcript.record(step, Side::Ws, What::Sent { frame: frame.clone() });
         self.transport.send(frame).await.map_err(|reason| Error::new(stage, Cause::transport_text(reason)))?;
         Ok(cmd.seq)
     }
@@ -347,6 +534,7 @@ impl Session {
             return Ok(None);
         }
         self.record_received(stage, frame, Routing::Unrelated);
+        self.keep_early(e);
         Ok(None)
     }
 
@@ -442,18 +630,20 @@ impl Session {
                 return InCall::Ended(disconnected(stage, &e));
             }
             self.record_received(stage, frame, Routing::Event);
-            return InCall::Event(e);
+            let typed = self.typed(e.clone());
+            return InCall::Event(e, typed);
         }
     }
 
     /// Waits for the next event for this session's party or its conference (for an application
-    /// that drives the session by hand; a [`crate::Connected`] reads its session itself).
+    /// that drives the session by hand; a [`crate::Connected`] reads its session itself). A
+    /// `conf.changed` of its conference is applied to the roster on the way.
     /// `conf.webrtc.Disconnected` for the own party, a closed socket and a frame that cannot be
     /// read come back as errors; answers to no pending command are passed over.
     pub async fn next_event(&mut self) -> Result<Event> {
         loop {
             match self.next_in_call().await {
-                InCall::Event(e) => return Ok(e),
+                InCall::Event(e, _) => return Ok(e),
                 InCall::Answer(_) => continue,
                 InCall::Malformed(w) => return Err(Error::new(Stage::InCall, Cause::Malformed(w))),
                 InCall::Ended(e) => return Err(e),
@@ -477,8 +667,9 @@ impl Session {
 
 /// What the session reads in the call.
 pub(crate) enum InCall {
-    /// An event for the application: the own party's, or the conference's.
-    Event(Event),
+    /// An event for the application: the own party's, or the conference's; as read, and what
+    /// it means (roster changes already applied).
+    Event(Event, Vec<CallEvent>),
     /// An answer to a command sent in the call.
     Answer(Answer),
     /// A frame that could not be read; recorded, and the call goes on.
@@ -496,10 +687,26 @@ fn disconnected(stage: Stage, e: &Event) -> Error {
     Error::new(stage, Cause::Disconnected { reason })
 }
 
-/// The session's own party in a running conference, after `cd.load`.
+/// The session's own party in a running conference, after `cd.load`, and the conference's
+/// roster. It has no `login`: a session logs in before it loads ([`Session::login`]).
+///
+/// ```compile_fail,E0599
+/// # async fn f(party: callme::Party) {
+/// let logged_in = party.login("alice", "secret").await; // Party has no login: log in first
+/// # }
+/// ```
 pub struct Party {
     pub(crate) session: Session,
     pub(crate) loaded: Loaded,
+    pub(crate) scheme: SchemeId,
+    pub(crate) name: String,
+    pub(crate) resume_token: Option<ResumeToken>,
+}
+
+impl std::fmt::Debug for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Party").field("loaded", &self.loaded).field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl Party {
@@ -510,6 +717,31 @@ impl Party {
     /// What `cd.load` said.
     pub fn loaded(&self) -> &Loaded {
         &self.loaded
+    }
+    /// The conference's parties now: the `cd.load` answer's, with every `conf.changed` read
+    /// since applied.
+    pub fn roster(&self) -> Roster {
+        self.session.roster()
+    }
+    /// The `ResumeToken` the core gave, if it gives one.
+    pub fn resume_token(&self) -> Option<&ResumeToken> {
+        self.resume_token.as_ref()
+    }
+    /// The account the session logged in as, if it did.
+    pub fn account(&self) -> Option<&Account> {
+        self.session.account()
+    }
+    /// What a new session needs to come back as this party ([`Resume::connect`]).
+    pub fn resumer(&self) -> Resume {
+        Resume {
+            reopen: self.session.reopen.clone(),
+            credentials: self.session.credentials.clone(),
+            cluster: self.loaded.cluster,
+            scheme: self.scheme,
+            name: self.name.clone(),
+            token: self.resume_token.clone(),
+            party: self.loaded.party,
+        }
     }
     /// The session's transcript.
     pub fn transcript(&self) -> Transcript {
@@ -523,6 +755,15 @@ impl Party {
     pub(crate) fn callme(&self, cmd: &str) -> Command {
         Command::new("conf", cmd).param("ClusterID", self.loaded.cluster).param("ID", self.loaded.conf).param("PartyID", self.loaded.party)
     }
+}
+
+/// Opens a session to the same URL with the same options (the resume's reopen sets itself on
+/// the new session).
+fn reopener(url: String, options: ConnectOptions) -> Reopen {
+    Arc::new(move || {
+        let (url, options) = (url.clone(), options.clone());
+        Box::pin(async move { Session::open(&url, &options).await })
+    })
 }
 
 /// A tokio-tungstenite WebSocket as a [`Transport`].

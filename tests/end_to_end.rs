@@ -291,11 +291,11 @@ async fn leaving_frees_the_party_and_the_others_are_told() {
     assert_eq!(core.stats().parties, 2);
     let a_id = a.party_id();
     a.leave().await;
-    // b is told by conf.changed (delParties), and the core holds one party.
+    // b is told by conf.changed (delParties), as its roster's change, and the core holds one party.
     let told = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Some(callme::CallEvent::Core(e)) = b.next_event().await {
-                if e.name() == "conf.changed" && e.result["delParties"][0]["ID"] == a_id.0 {
+            if let Some(callme::CallEvent::Roster(callme::RosterChange::Left(m))) = b.next_event().await {
+                if m.id == a_id {
                     return;
                 }
             }
@@ -303,6 +303,7 @@ async fn leaving_frees_the_party_and_the_others_are_told() {
     })
     .await;
     assert!(told.is_ok(), "b hears of a's leaving");
+    assert!(b.roster().member(a_id).is_none(), "b's roster no longer holds a");
     assert_eq!(core.stats().parties, 1);
     assert_eq!(core.stats().parties_with_media, 1);
     b.leave().await;
@@ -339,7 +340,7 @@ async fn a_call_or_a_state_dropped_without_leave_leaves_nothing_half_open_in_the
     let mut told = false;
     for _ in 0..10 {
         match tokio::time::timeout(Duration::from_secs(2), a.next_event()).await {
-            Ok(Some(callme::CallEvent::Core(e))) if e.name() == "conf.changed" && e.result.get("delParties").is_some() => {
+            Ok(Some(callme::CallEvent::Roster(callme::RosterChange::Left(_)))) => {
                 told = true;
                 break;
             }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use callme::media::fake::{FakeMedia, FakeProbe};
 use callme::testing::{conf_changed_event, disconnected_event, timer_event, values, Fault, ScriptedCore};
-use callme::{AudioSource, CallEvent, ClusterId, Connected, MediaReady, Party, Render, SchemeId, Session, Stage, Timeouts, Transcript};
+use callme::{
+    AudioSource, CallEvent, ClusterId, Connected, MediaReady, Party, PartyId, Render, RosterChange, SchemeId, Session, Stage, Timeouts,
+    Transcript,
+};
 use tokio::time::Instant;
 
 async fn party(core: &ScriptedCore) -> Party {
@@ -59,14 +62,13 @@ async fn events_wait_for_an_application_that_reads_only_audio_and_come_in_order(
     core.push_event(disconnected_event(values::OTHER_PARTY)); // another party's: not ours
     let heard = call.listen(Duration::from_secs(1)).await.expect("the call goes on");
     assert!(callme::audio::tone_share(&heard, 660.0) > 0.9, "audio flowed meanwhile");
-    let names: Vec<String> = [call.next_event().await, call.next_event().await]
-        .into_iter()
-        .map(|e| match e {
-            Some(CallEvent::Core(e)) => e.name(),
-            other => panic!("expected a core event, got {other:?}"),
-        })
-        .collect();
-    assert_eq!(names, ["conf.changed", "timer.time"]);
+    // conf.changed as the roster's change, timer.time as the clock, in the order they came.
+    match call.next_event().await {
+        Some(CallEvent::Roster(RosterChange::Joined(m))) => assert_eq!((m.id, m.name.as_str()), (PartyId(values::OTHER_PARTY), "other")),
+        other => panic!("expected the other party's arrival, got {other:?}"),
+    }
+    assert_eq!(call.next_event().await, Some(CallEvent::Clock { unix: 1764000000 }));
+    assert_eq!(call.roster().member(PartyId(values::OTHER_PARTY)).map(|m| m.index), Some(1));
     assert!(!call.is_ended());
     call.leave().await;
     snapshot("in_call_events_are_kept_for_the_application", &transcript);
@@ -78,7 +80,7 @@ async fn the_end_is_the_last_event_with_its_reason() {
     let (call, _transcript, _probe) = call(&core).await;
     core.push_event(timer_event());
     core.push_event(disconnected_event(values::PARTY));
-    assert!(matches!(call.next_event().await, Some(CallEvent::Core(e)) if e.name() == "timer.time"));
+    assert!(matches!(call.next_event().await, Some(CallEvent::Clock { .. })));
     match call.next_event().await {
         Some(CallEvent::Ended(e)) => assert!(e.to_string().contains("conf.webrtc.Disconnected"), "{e}"),
         other => panic!("expected the end, got {other:?}"),
@@ -176,6 +178,6 @@ async fn a_join_whose_socket_closed_gives_no_party_back() {
     let failed = ready.call_me_s1(party).await.err().expect("step 4 fails");
     assert_eq!(failed.step(), Some(4));
     assert!(!failed.has_party());
-    let e = failed.into_party().err().expect("the error, not a party");
+    let e = failed.into_party().expect_err("the error, not a party");
     assert!(e.to_string().contains("the WebSocket closed"), "{e}");
 }

@@ -20,6 +20,7 @@ pub struct FakeProbe {
     calls: Arc<Mutex<Vec<String>>>,
     closed: Arc<AtomicBool>,
     running: Arc<AtomicUsize>,
+    muted: Arc<AtomicBool>,
 }
 
 impl FakeProbe {
@@ -30,6 +31,10 @@ impl FakeProbe {
     /// Whether `close` was called (after a PeerConnection existed or not).
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+    /// Whether sending is stopped ([`MediaEngine::set_sending`] off).
+    pub fn is_muted(&self) -> bool {
+        self.muted.load(Ordering::SeqCst)
     }
     /// Tasks the fake started that are still running.
     pub fn running_tasks(&self) -> usize {
@@ -150,6 +155,11 @@ impl MediaEngine for FakeMedia {
                 }
             }
         }));
+        Ok(())
+    }
+    async fn set_sending(&mut self, on: bool) -> Result<(), String> {
+        self.call(if on { "setSending on" } else { "setSending off" })?;
+        self.probe.muted.store(!on, Ordering::SeqCst);
         Ok(())
     }
     async fn ended(&mut self) -> String {

@@ -47,6 +47,10 @@ pub trait MediaEngine: Send {
     /// Step 19: start sending the local audio and decoding the remote track; every decoded
     /// 20 ms frame goes to `heard` (a receiver that lags loses the oldest frames, not the newest).
     async fn play(&mut self, heard: broadcast::Sender<Frame>) -> Result<(), String>;
+    /// In the call: stop (`false`) or resume (`true`) sending the local audio, as a browser's
+    /// track is disabled: the RTP stream goes on with silence, so the timing, the SSRC and the
+    /// path stay as they were.
+    async fn set_sending(&mut self, on: bool) -> Result<(), String>;
     /// In the call: resolves with a reason when the media session ends (ICE or DTLS failed, closed).
     async fn ended(&mut self) -> String;
     /// Closes the PeerConnection and stops every task; idempotent.

@@ -7,6 +7,7 @@
 //! lost packets, decodes, and hands each frame to the application. [`RtcMedia::close`] stops both
 //! and closes the PeerConnection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct RtcMedia {
     /// Set by the reader task when reading the remote track fails (not a clean close).
     reader: (watch::Sender<Option<String>>, watch::Receiver<Option<String>>),
     tasks: Vec<JoinHandle<()>>,
+    /// Whether the local audio is sent (else silence frames are).
+    sending: Arc<AtomicBool>,
 }
 
 impl Default for RtcMedia {
@@ -117,6 +120,7 @@ impl RtcMedia {
             state: None,
             reader: watch::channel(None),
             tasks: Vec::new(),
+            sending: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -246,13 +250,18 @@ impl MediaEngine for RtcMedia {
         let mut local = self.local.take().ok_or("no local audio (steps 1–2 did not run)")?;
         let mut encoder = opus_codec::Encoder::new()?;
         let mut decoder = opus_codec::Decoder::new()?;
+        let sending = self.sending.clone();
 
         self.tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(FRAME_DURATION);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let silence = vec![0i16; crate::audio::FRAME_SAMPLES];
             loop {
                 tick.tick().await;
-                let Ok(packet) = encoder.encode(&local.next_frame()) else { continue };
+                // The source is read either way, so it stays in time; muted, silence is sent.
+                let frame = local.next_frame();
+                let frame = if sending.load(Ordering::Relaxed) { &frame } else { &silence };
+                let Ok(packet) = encoder.encode(frame) else { continue };
                 let sample = Sample { data: Bytes::from(packet), duration: FRAME_DURATION, ..Default::default() };
                 if track.write_sample(&sample).await.is_err() {
                     break;
@@ -300,6 +309,11 @@ impl MediaEngine for RtcMedia {
                 }
             }
         }));
+        Ok(())
+    }
+
+    async fn set_sending(&mut self, on: bool) -> Result<(), String> {
+        self.sending.store(on, Ordering::Relaxed);
         Ok(())
     }
 
