@@ -2,6 +2,7 @@
 
 mod bench;
 mod child;
+mod life;
 mod soak;
 mod steps;
 
@@ -85,6 +86,18 @@ struct JoinArgs {
     /// Use only relayed (TURN) candidates.
     #[arg(long)]
     relay: bool,
+    /// Log in as this user first (q_cplxLogin); the password comes from CALLME_PASSWORD or is
+    /// asked on the terminal, never from a flag.
+    #[arg(long, value_name = "USER")]
+    login: Option<String>,
+    /// Send this chat line once in the call.
+    #[arg(long, value_name = "TEXT")]
+    say: Option<String>,
+    /// Stay in the call until /quit or the end of stdin, taking commands from stdin: a line to
+    /// chat, /mute NAME, /unmute NAME, /kick NAME, /who, /quit (instead of listening for
+    /// --seconds).
+    #[arg(long)]
+    console: bool,
 }
 
 #[derive(Args)]
@@ -110,7 +123,7 @@ struct CoreArgs {
 fn exit_code(e: &Error) -> u8 {
     match e.stage {
         Stage::Step(n) => n,
-        Stage::Open | Stage::Load => 30,
+        Stage::Open | Stage::Load | Stage::Login => 30,
         _ => 40, // in the call
     }
 }
@@ -139,18 +152,47 @@ async fn join(a: JoinArgs) -> ExitCode {
     println!("callme: joining conference {} at {} as {:?}", a.scheme, a.url, a.name);
     let mut transcript = Transcript::new();
     let result: Result<(), Error> = async {
+        let password = match &a.login {
+            Some(user) => Some(life::password(user).map_err(|reason| Error::new(Stage::Login, callme::Cause::Invalid { reason }))?),
+            None => None,
+        };
         let t = Instant::now();
         let session = Session::connect(&a.url).await?;
         transcript = session.transcript();
-        let party = session.load(ClusterId(a.cluster), SchemeId(a.scheme), &a.name).await?;
+        let (cluster, scheme) = (ClusterId(a.cluster), SchemeId(a.scheme));
+        let party = match (&a.login, password) {
+            (Some(user), Some(password)) => {
+                let logged_in = session.login(user, password).await?;
+                let account = logged_in.account();
+                println!("  logged in as {user}: {} ({})", account.name, account.role);
+                logged_in.load(cluster, scheme, &a.name).await?
+            }
+            _ => session.load(cluster, scheme, &a.name).await?,
+        };
         steps::loaded(&party, t.elapsed()).print(&a.name);
         let options = RtcOptions::default().relay_only(a.relay).with_loopback_only(is_loopback_url(&a.url));
         let call = steps::join(party, RtcMedia::new(options), source, |row| row.print(&a.name)).await?;
+        life::print_roster(&call.roster(), call.party_id());
+        if let Some(text) = &a.say {
+            call.say(text).await?;
+        }
+        if a.console {
+            life::console(&call).await;
+            call.leave().await;
+            return Ok(());
+        }
         let listen = Duration::from_secs_f64(a.seconds.max(0.0));
         println!("  listening for {:.1} s ...", listen.as_secs_f64());
-        let heard = match &a.record {
-            Some(path) => call.record(listen, path).await?,
-            None => call.listen(listen).await?,
+        let listening = async {
+            match &a.record {
+                Some(path) => call.record(listen, path).await,
+                None => call.listen(listen).await,
+            }
+        };
+        // Each change of the conference is printed as it happens while the call is heard.
+        let heard = tokio::select! {
+            heard = listening => heard?,
+            _ = life::print_events(&call) => return Err(call.ended().await),
         };
         println!("  {} hears: {}", a.name, steps::describe_heard(&heard));
         if let Some(path) = &a.record {

@@ -946,8 +946,13 @@
     }
   }
 
-  const setMicOf = (id, on) => request('SETMIC', { PartyID: String(id), bMicOn: on ? '1' : '0' });
-  const remove = (id) => request('DELPARTY', { PartyID: String(id) });
+  function setMicOf(id, on) {
+    return request('SETMIC', { PartyID: String(id), bMicOn: on ? '1' : '0' });
+  }
+
+  function remove(id) {
+    return request('DELPARTY', { PartyID: String(id) });
+  }
 
   function wireControls() {
     const self = ui.byId('mute-self');
