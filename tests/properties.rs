@@ -123,7 +123,7 @@ proptest! {
         seq in any::<u64>(),
         params in prop::collection::btree_map(nasty_string(), nasty_string(), 0..6),
     ) {
-        let command = Command { cmd, seq, obj, params: params.into_iter().collect::<BTreeMap<_, _>>() };
+        let command = Command { cmd, seq, obj, params: params.into_iter().collect::<BTreeMap<_, _>>(), query: None };
         let frame = command.to_frame();
         let read: Command = serde_json::from_str(&frame).expect("the frame reads back");
         prop_assert_eq!(&read, &command);
