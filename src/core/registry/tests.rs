@@ -10,12 +10,21 @@ fn registry() -> Registry {
     registry_with(|_| {})
 }
 
+/// A registry whose closed sessions' parties leave at once (`resume_grace_ms` 0) unless `f`
+/// says otherwise, with tokens `token-1`, `token-2`, ...
 fn registry_with(f: impl FnOnce(&mut RegistryConfig)) -> Registry {
-    let mut c = RegistryConfig::default();
+    let mut c = RegistryConfig { resume_grace_ms: 0, ..RegistryConfig::default() };
     f(&mut c);
-    let mut r = Registry::new(c);
-    assert!(r.handle_session_opened(A).is_empty());
-    assert!(r.handle_session_opened(B).is_empty());
+    let mut n = 0;
+    let mut r = Registry::with_tokens(
+        c,
+        TokenSource::from_fn(move || {
+            n += 1;
+            format!("token-{n}")
+        }),
+    );
+    assert!(r.handle_session_opened(A, None).is_empty());
+    assert!(r.handle_session_opened(B, None).is_empty());
     r
 }
 
@@ -152,10 +161,10 @@ fn a_session_may_start_only_so_many_conferences() {
     load(&mut r, B, 9, "b");
     assert_eq!(loaded(&load(&mut r, A, 9, "a"), A).loaded.code, code::LOAD_CONNECTED);
     // When a started conference ends, the session may start another.
-    r.handle_session_closed(B);
-    let e = r.handle_session_closed(A);
+    r.handle_session_closed(B, 0);
+    let e = r.handle_session_closed(A, 0);
     assert_eq!(e.iter().filter(|e| matches!(e, Effect::ConferenceEnded { .. })).count(), 3);
-    r.handle_session_opened(A);
+    r.handle_session_opened(A, None);
     load(&mut r, A, 1, "a");
     load(&mut r, A, 2, "a");
     assert_eq!(refusal(&load(&mut r, A, 3, "a"), A).code, code::TOO_MANY_CONFERENCES);
@@ -289,7 +298,10 @@ fn bye_stops_the_own_media_and_keeps_the_party() {
     let mut r = registry();
     let (conf, party) = running(&mut r, A, 7);
     let e = r.handle_command(A, callme("CALLME_BYE", 0, conf, party), 0);
-    assert_eq!(e, vec![Effect::StopMedia { conf, party }], "with seq 0 nothing is sent");
+    assert_eq!(e[0], Effect::StopMedia { conf, party });
+    assert!(sent(&e, A).iter().all(|f| matches!(f, Incoming::Event(_))), "with seq 0 no answer is sent: {e:?}");
+    let upd = ConfChanged::from_event(&events(&e, A)[0]).unwrap().upd;
+    assert_eq!((upd[0].id, upd[0].state), (party, PartyData::LOADED), "the roster shows the party without audio");
     assert_eq!((r.stats().parties, r.stats().parties_with_media), (1, 0));
     assert_eq!(refusal(&r.handle_command(A, s2(conf, party), 0), A).code, code::S2_BEFORE_S1);
 }
@@ -311,17 +323,17 @@ fn a_closed_session_frees_its_parties_and_tells_the_others() {
     let mut r = registry();
     let (conf, a_party) = running(&mut r, A, 7);
     load(&mut r, B, 7, "b");
-    let e = r.handle_session_closed(A);
+    let e = r.handle_session_closed(A, 0);
     assert!(e.contains(&Effect::StopMedia { conf, party: a_party }));
     let told = events(&e, B);
     let changed = ConfChanged::from_event(&told[0]).unwrap();
     assert_eq!(changed.del, [PartyGone { id: a_party, index: 0 }]);
     assert_eq!(r.stats(), RegistryStats { sessions: 1, conferences: 1, parties: 1, parties_with_media: 0 });
-    let e = r.handle_session_closed(B);
+    let e = r.handle_session_closed(B, 0);
     assert!(e.contains(&Effect::ConferenceEnded { conf }));
     assert_eq!(r.stats(), RegistryStats::default());
     // The number can be loaded again, as a new conference.
-    r.handle_session_opened(A);
+    r.handle_session_opened(A, None);
     assert_eq!(load(&mut r, A, 7, "a")[0], Effect::ConferenceStarted { conf: ConfId(2) });
 }
 
@@ -332,7 +344,7 @@ fn media_started_after_its_session_closed_is_not_kept() {
     r.handle_command(A, callme("CALLME_S1", 2, l.conf, l.party), 0);
     let e = r.handle_command(A, s2(l.conf, l.party), 0);
     let Some(Effect::StartMedia { generation, .. }) = e.first().cloned() else { panic!() };
-    r.handle_session_closed(A);
+    r.handle_session_closed(A, 0);
     let (keep, e) = r.handle_media_started(l.conf, l.party, generation, Ok(ufrag()));
     assert!(!keep);
     assert_eq!(e, vec![Effect::StopMedia { conf: l.conf, party: l.party }]);
@@ -341,13 +353,13 @@ fn media_started_after_its_session_closed_is_not_kept() {
 #[test]
 fn sessions_above_the_maximum_are_closed_with_1013() {
     let mut r = registry_with(|c| c.max_sessions = 2);
-    let e = r.handle_session_opened(SessionId(3));
+    let e = r.handle_session_opened(SessionId(3), None);
     let [Effect::Close { session, code, reason }] = e.as_slice() else { panic!("{e:?}") };
     assert_eq!((*session, *code), (SessionId(3), wire::close::TRY_AGAIN_LATER));
     assert!(reason.contains("maximum of 2 sessions"), "{reason}");
     assert_eq!(r.stats().sessions, 2);
-    r.handle_session_closed(A);
-    assert!(r.handle_session_opened(SessionId(3)).is_empty());
+    r.handle_session_closed(A, 0);
+    assert!(r.handle_session_opened(SessionId(3), None).is_empty());
 }
 
 #[test]
@@ -441,7 +453,7 @@ fn every_session_party_conference_and_media_change_is_logged_at_info_with_its_id
         let (conf, party) = running(&mut r, A, 7);
         r.handle_media_ended(conf, party, 1, "ICE or DTLS failed");
         r.handle_command(A, callme("CALLME_BYE", 0, conf, party), 0);
-        r.handle_session_closed(A);
+        r.handle_session_closed(A, 0);
     });
     let lines = lines.lock().unwrap().clone();
     let text = lines.join("\n");
