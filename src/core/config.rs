@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use super::accounts::{Account, Role};
+pub use super::accounts::{Account, Credential, Role};
 
 /// A TURN server whose credentials the core mints (TURN REST: `use-auth-secret`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -205,11 +205,6 @@ impl TalkDetector {
         None
     }
 
-    /// Whether the party talks now.
-    pub fn is_talking(&self) -> bool {
-        self.talking
-    }
-
     /// Not talking, at once and without a report (the microphone went off: the registry knows).
     pub fn reset(&mut self) {
         *self = TalkDetector { since_change: self.since_change, ..TalkDetector::default() };

@@ -43,7 +43,7 @@ use webrtc::peer_connection::certificate::RTCCertificate;
 
 use crate::wire::ConfId;
 pub use accounts::hash_password;
-pub use config::{Account, CoreConfig, Role, TurnConfig};
+pub use config::{Account, CoreConfig, Credential, Role, TurnConfig};
 pub use mixer::MixerStats;
 use party_media::MediaEnv;
 use shell::Shared;

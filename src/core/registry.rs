@@ -357,6 +357,7 @@ impl TokenSource {
     }
 
     /// Tokens from `f`.
+    #[cfg(test)]
     pub fn from_fn(f: impl FnMut() -> String + Send + 'static) -> Self {
         TokenSource(Box::new(f))
     }
