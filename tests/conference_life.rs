@@ -143,3 +143,43 @@ async fn a_resume_by_token_takes_the_party_from_a_cut_session_at_once_and_the_cu
     assert_ne!(v["ANSW"]["result"]["SVPartyID"], json!(party));
     core.stop().await;
 }
+
+/// Listens in slices until `f` holds for what a slice heard (bounded: 20 slices of 300 ms).
+async fn until_heard(call: &Connected, what: &str, f: impl Fn(&[i16]) -> bool) {
+    for _ in 0..20 {
+        let heard = call.listen(Duration::from_millis(300)).await.expect("the call goes on");
+        if f(&heard) {
+            return;
+        }
+    }
+    panic!("{what}: not within 20 slices");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setmic_takes_the_own_tone_out_of_the_others_mix_and_back_and_another_party_is_refused() {
+    use callme::audio::tone_share;
+    use callme::wire::{code, Command};
+    let core = start_core().await;
+    let a = join(&core, "a", AudioSource::tone(440.0)).await;
+    let b = join(&core, "b", AudioSource::tone(660.0)).await;
+    until_heard(&a, "a hears b", |h| tone_share(h, 660.0) > 0.5).await;
+
+    let muted = b.command(Command::set_mic(b.loaded().at(), false)).await.unwrap();
+    assert_eq!(muted.code, code::OK);
+    until_heard(&a, "b's tone is gone from a's mix", |h| tone_share(h, 660.0) < 0.02 && !h.is_empty()).await;
+    // b still hears a: only b's audio is out of the mix.
+    until_heard(&b, "b hears a while muted", |h| tone_share(h, 440.0) > 0.5).await;
+
+    // a does not control the conference (an open core): it may not unmute b.
+    let refused = a.command(Command::set_mic(b.loaded().at(), true)).await.unwrap();
+    let r = refused.refusal(&[code::OK]).expect("a refusal");
+    assert_eq!((r.code, r.class.as_str()), (code::NOT_OWN_PARTY, "auth"));
+    assert!(r.text.contains("PartyID"), "{r:?}");
+
+    let unmuted = b.command(Command::set_mic(b.loaded().at(), true)).await.unwrap();
+    assert_eq!(unmuted.code, code::OK);
+    until_heard(&a, "b's tone is back in a's mix", |h| tone_share(h, 660.0) > 0.5).await;
+    a.leave().await;
+    b.leave().await;
+    core.stop().await;
+}
