@@ -183,3 +183,30 @@ async fn setmic_takes_the_own_tone_out_of_the_others_mix_and_back_and_another_pa
     b.leave().await;
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delparty_on_the_own_party_ends_its_media_and_the_others_stop_hearing_it() {
+    use callme::audio::tone_share;
+    use callme::wire::{code, Command};
+    let core = start_core().await;
+    let a = join(&core, "a", AudioSource::tone(440.0)).await;
+    let b = join(&core, "b", AudioSource::tone(660.0)).await;
+    until_heard(&a, "a hears b", |h| tone_share(h, 660.0) > 0.5).await;
+    let refused = a.command(Command::del_party(b.loaded().at())).await.unwrap();
+    assert_eq!(refused.refusal(&[code::OK]).map(|r| r.code), Some(code::NOT_OWN_PARTY), "no control in an open core");
+    let removed = b.command(Command::del_party(b.loaded().at())).await.unwrap();
+    assert_eq!(removed.code, code::OK);
+    until_heard(&a, "b's tone is gone", |h| tone_share(h, 660.0) < 0.02 && !h.is_empty()).await;
+    let mut stats = core.stats();
+    for _ in 0..100 {
+        if (stats.parties, stats.parties_with_media) == (1, 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stats = core.stats();
+    }
+    assert_eq!((stats.parties, stats.parties_with_media), (1, 1), "b is gone from the core, media and all");
+    a.leave().await;
+    drop(b);
+    core.stop().await;
+}

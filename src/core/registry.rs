@@ -1150,6 +1150,12 @@ impl Registry {
         };
         tracing::info!(parent: &tracing::info_span!("party", %conf, id = %party), by = %session, "DELPARTY");
         let mut out = vec![Effect::StopMedia { conf, party }];
+        let answer = (c.seq > 0).then(|| Incoming::Answer(Answer::positive(c)));
+        let own = target_session == session;
+        // A removal of the own party answers before the party's session hears that its media ended.
+        if let (true, Some(a)) = (own, &answer) {
+            self.send(&mut out, session, a.clone());
+        }
         let event = Disconnected { at: PartyRef { cluster, conf, party }, reason: Some(reason) }.to_event();
         self.send(&mut out, target_session, Incoming::Event(event));
         // The removed party's session hears of it too, though it holds the party no more.
@@ -1159,18 +1165,9 @@ impl Registry {
             let event = ConfChanged { cluster, conf, del, ..ConfChanged::default() }.to_event();
             self.send(&mut out, target_session, Incoming::Event(event));
         }
-        let answer = (c.seq > 0).then(|| Incoming::Answer(Answer::positive(c)));
-        // A removal of the own party answers first: the conference may end with it.
-        if target_session == session {
-            if let Some(a) = answer.clone() {
-                self.send(&mut out, session, a);
-            }
-        }
         self.remove_parties(&mut out, vec![(conf, party)]);
-        if target_session != session {
-            if let Some(a) = answer {
-                self.send(&mut out, session, a);
-            }
+        if let (false, Some(a)) = (own, answer) {
+            self.send(&mut out, session, a);
         }
         Ok(out)
     }

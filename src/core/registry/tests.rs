@@ -868,6 +868,9 @@ fn delparty_by_a_controller_ends_the_media_tells_the_party_who_removed_it_and_ev
     // Removing oneself: the own party leaves; once everyone has, the conference ends.
     let e = r.handle_command(C, with_seq(Command::del_party(at(conf, c)), 6), 0);
     assert_eq!(answer(&e, C).code, code::OK);
+    let to_c = sent(&e, C);
+    assert!(matches!(to_c[0], Incoming::Answer(_)), "the own removal is answered before Disconnected ends the call: {to_c:?}");
+    assert_eq!(Disconnected::from_event(&events(&e, C)[0]).unwrap().reason.as_deref(), Some("left the conference (DELPARTY)"));
     let e = r.handle_command(A, with_seq(Command::del_party(at(conf, a)), 7), 0);
     assert_eq!(answer(&e, A).code, code::OK);
     let b2 = r.stats();
