@@ -9,8 +9,16 @@
 //!
 //! ```text
 //! shell ── handle_session_opened / handle_frame / handle_media_started / handle_media_ended /
-//!          handle_session_closed ──▶ Registry ──▶ Vec<Effect> ──▶ shell (frames, mixers, media)
+//!          handle_login_checked / handle_talking / handle_tick / handle_session_closed
+//!          ──▶ Registry ──▶ Vec<Effect> ──▶ shell (frames, mixers, media, password checks)
 //! ```
+//!
+//! Logins (PROTOCOL.md §7): with accounts, nothing but the login query is served before a
+//! login; the password is checked by the shell off its lock ([`Effect::CheckLogin`]) and the
+//! outcome comes back by [`Registry::handle_login_checked`]. Failed logins are counted per IP
+//! address, and answers to an address with many are delayed. Resume (§10): a party whose session
+//! closes without `CALLME_BYE` is kept for `resume_grace_ms` and can be taken by a `cd.load`
+//! with its `ResumeToken`, from a closed session or one still open.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
