@@ -222,3 +222,223 @@ async fn a_session_that_keeps_sending_garbage_is_closed_with_1008() {
     assert!(party.is_ok());
     core.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// v2: login, SETMIC, INSTANTMSG, DELPARTY against a core with accounts
+
+/// Reads frames until one passes `want` (bounded); the frames on the way are kept in `seen`.
+async fn until(ws: &mut Ws, seen: &mut Vec<Value>, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..1000 {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap_or_else(|_| panic!("{what}: nothing within 5 s"));
+        let m = m.unwrap_or_else(|| panic!("{what}: the socket closed")).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if want(&v) {
+            return v;
+        }
+        seen.push(v);
+    }
+    panic!("{what}: not among 1000 frames");
+}
+
+fn is_event(v: &Value, evt: &str) -> bool {
+    v.pointer("/EVT/evt") == Some(&json!(evt))
+}
+
+fn login_frame(seq: u64, user: &str, password: &str) -> String {
+    json!({"cmd": "query", "seq": seq, "query": {"name": "q_cplxLogin", "params": {"sLogin": user, "sPassword": password}}}).to_string()
+}
+
+fn conf_frame(cmd: &str, seq: u64, params: Value) -> String {
+    json!({"cmd": cmd, "seq": seq, "obj": "conf", "params": params}).to_string()
+}
+
+fn retcode_of(v: &Value) -> String {
+    v.pointer("/ANSW/records/0/0").and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_login_and_v2_command_gets_its_own_code_naming_the_field_and_the_sessions_go_on() {
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.accounts = vec![
+            core::Account::with_password("alice", "pw-alice", core::Role::Admin, "Alice Admin"),
+            core::Account::with_hash("bob", &core::hash_password("pw-bob").unwrap(), core::Role::User, "Bob User"),
+        ];
+    });
+    let core = core::start(config).await.unwrap();
+    let (mut bob, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
+    let load = r#"{"cmd":"load","seq":2,"obj":"cd","params":{"ClusterID":"1","SchemeID":"7","NAME":"ignored"}}"#;
+
+    // Before a login: refused, class auth.
+    let v = exchange(&mut bob, load).await;
+    assert_eq!(code_and_text(&v).0, code::LOGIN_REQUIRED, "{v}");
+    assert_eq!(v.pointer("/ANSW/result/class"), Some(&json!("auth")));
+    assert!(code_and_text(&v).1.contains("q_cplxLogin"), "{v}");
+
+    let huge = "p".repeat(10 * 1024);
+    let query = |q: Value| json!({"cmd": "query", "seq": 1, "query": q}).to_string();
+    let battery: Vec<(&str, String, i64, &str)> = vec![
+        ("a 10 kB password", login_frame(1, "bob", &huge), code::TOO_LONG, "query.params.sPassword is 10240 characters long"),
+        ("a long login", login_frame(1, &"b".repeat(300), "x"), code::TOO_LONG, "query.params.sLogin is 300 characters long"),
+        (
+            "no sPassword",
+            query(json!({"name": "q_cplxLogin", "params": {"sLogin": "bob"}})),
+            code::BAD_PARAM,
+            "query.params.sPassword is missing",
+        ),
+        (
+            "no sLogin",
+            query(json!({"name": "q_cplxLogin", "params": {"sPassword": "x"}})),
+            code::BAD_PARAM,
+            "query.params.sLogin is missing",
+        ),
+        (
+            "sLogin of the wrong type",
+            query(json!({"name": "q_cplxLogin", "params": {"sLogin": {}, "sPassword": "x"}})),
+            code::BAD_PARAM,
+            "query.params.sLogin: not a string or number",
+        ),
+        ("an unknown query", query(json!({"name": "q_dropTables", "params": {}})), code::UNKNOWN_QUERY, "query.name: \"q_dropTables\""),
+        ("query of the wrong type", query(json!("q_cplxLogin")), code::BAD_FRAME, "query: not an object"),
+        ("no query", json!({"cmd": "query", "seq": 1}).to_string(), code::BAD_FRAME, "query: missing"),
+    ];
+    for (what, frame, want, text) in &battery {
+        let v = exchange(&mut bob, frame).await;
+        let (c, t) = code_and_text(&v);
+        assert_eq!(c, *want, "{what}: {v}");
+        assert!(t.contains(text), "{what}: {t:?} does not say {text:?}");
+        assert!(!v.to_string().contains("ppppp"), "{what}: the password is echoed");
+    }
+    // The session still logs in (a malformed login is no failed login).
+    let v = exchange(&mut bob, &login_frame(3, "bob", "pw-bob")).await;
+    assert_eq!((retcode_of(&v).as_str(), v.pointer("/ANSW/records/0/1")), ("2", Some(&json!("Bob User"))), "{v}");
+    let v = exchange(&mut bob, &login_frame(4, "bob", "pw-bob")).await;
+    assert_eq!(code_and_text(&v).0, code::ALREADY_LOGGED_IN, "{v}");
+    let v = exchange(&mut bob, load).await;
+    assert_eq!(v.pointer("/ANSW/result/bControl"), Some(&json!(0)));
+    let conf = v.pointer("/ANSW/result/confdata/ID").unwrap().as_u64().unwrap();
+    let bob_party = v.pointer("/ANSW/result/SVPartyID").unwrap().as_u64().unwrap();
+    assert!(v.pointer("/ANSW/result/ResumeToken").and_then(Value::as_str).is_some_and(|t| t.len() >= 16), "{v}");
+    assert_eq!(v.pointer("/ANSW/result/parties/0/NAME"), Some(&json!("Bob User")), "the account names the party");
+
+    let (mut alice, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
+    let v = exchange(&mut alice, &login_frame(1, "alice", "pw-alice")).await;
+    assert_eq!(retcode_of(&v), "3");
+    let v = exchange(&mut alice, load).await;
+    assert_eq!(v.pointer("/ANSW/result/bControl"), Some(&json!(1)));
+    let alice_party = v.pointer("/ANSW/result/SVPartyID").unwrap().as_u64().unwrap();
+
+    let p = |party: u64, more: Value| {
+        let mut m = json!({"ClusterID": "1", "ID": conf.to_string(), "PartyID": party.to_string()});
+        m.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+        m
+    };
+    let msg = |more: Value| {
+        let mut m = json!({"ClusterID": "1", "ID": conf.to_string()});
+        m.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+        m
+    };
+    let battery: Vec<(&str, String, i64, &str)> = vec![
+        (
+            "SETMIC on another's party",
+            conf_frame("SETMIC", 5, p(alice_party, json!({"bMicOn": "0"}))),
+            code::NOT_OWN_PARTY,
+            "param PartyID: party",
+        ),
+        ("SETMIC without bMicOn", conf_frame("SETMIC", 5, p(bob_party, json!({}))), code::BAD_PARAM, "param bMicOn is missing"),
+        ("SETMIC with bMicOn 2", conf_frame("SETMIC", 5, p(bob_party, json!({"bMicOn": "2"}))), code::BAD_PARAM, "param bMicOn is \"2\""),
+        (
+            "SETMIC with bMicOn of the wrong type",
+            conf_frame("SETMIC", 5, p(bob_party, json!({"bMicOn": [1]}))),
+            code::BAD_PARAM,
+            "param bMicOn: not a string or number",
+        ),
+        ("SETMIC without PartyID", conf_frame("SETMIC", 5, msg(json!({"bMicOn": "1"}))), code::BAD_PARAM, "param PartyID is missing"),
+        ("SETMIC on no party", conf_frame("SETMIC", 5, p(999, json!({"bMicOn": "1"}))), code::NO_PARTY, "param PartyID: no party 999"),
+        ("INSTANTMSG without msg", conf_frame("INSTANTMSG", 6, msg(json!({}))), code::BAD_PARAM, "param msg is missing"),
+        ("INSTANTMSG empty", conf_frame("INSTANTMSG", 6, msg(json!({"msg": ""}))), code::BAD_PARAM, "param msg is empty"),
+        (
+            "INSTANTMSG oversized",
+            conf_frame("INSTANTMSG", 6, msg(json!({"msg": "m".repeat(1001)}))),
+            code::TOO_LONG,
+            "param msg is 1001 characters long, at most 1000",
+        ),
+        (
+            "INSTANTMSG of the wrong type",
+            conf_frame("INSTANTMSG", 6, msg(json!({"msg": {"text": "hi"}}))),
+            code::BAD_PARAM,
+            "param msg: not a string or number",
+        ),
+        (
+            "INSTANTMSG with a long color",
+            conf_frame("INSTANTMSG", 6, msg(json!({"msg": "hi", "color": "c".repeat(40)}))),
+            code::TOO_LONG,
+            "param color is 40 characters long",
+        ),
+        (
+            "INSTANTMSG without ID",
+            conf_frame("INSTANTMSG", 6, json!({"ClusterID": "1", "msg": "hi"})),
+            code::BAD_PARAM,
+            "param ID is missing",
+        ),
+        ("DELPARTY on another's party", conf_frame("DELPARTY", 7, p(alice_party, json!({}))), code::NOT_OWN_PARTY, "param PartyID: party"),
+        ("DELPARTY without PartyID", conf_frame("DELPARTY", 7, msg(json!({}))), code::BAD_PARAM, "param PartyID is missing"),
+        (
+            "DELPARTY in another conference",
+            conf_frame("DELPARTY", 7, json!({"ClusterID": "1", "ID": "99", "PartyID": "1"})),
+            code::NO_CONFERENCE,
+            "param ID: no running conference 99",
+        ),
+    ];
+    for (what, frame, want, text) in &battery {
+        let v = exchange(&mut bob, frame).await;
+        let (c, t) = code_and_text(&v);
+        assert_eq!(c, *want, "{what}: {v}");
+        assert!(t.contains(text), "{what}: {t:?} does not say {text:?}");
+    }
+
+    // Bob's session goes on: a chat line reaches both, with Bob's name.
+    bob.send(Message::text(conf_frame("INSTANTMSG", 8, msg(json!({"msg": "hello", "color": "#0f0"}))))).await.unwrap();
+    let mut seen = Vec::new();
+    let m = until(&mut alice, &mut seen, "alice hears the chat line", |v| is_event(v, "instantmsg")).await;
+    assert_eq!((m.pointer("/EVT/result/username"), m.pointer("/EVT/result/msg")), (Some(&json!("Bob User")), Some(&json!("hello"))));
+    assert_eq!(m.pointer("/EVT/result/SenderID"), Some(&json!(bob_party)));
+    until(&mut bob, &mut seen, "bob hears his own chat line", |v| is_event(v, "instantmsg")).await;
+    until(&mut bob, &mut seen, "bob's answer", |v| v.pointer("/ANSW/seq") == Some(&json!(8))).await;
+
+    // The admin mutes Bob: both rosters are told.
+    alice.send(Message::text(conf_frame("SETMIC", 9, p(bob_party, json!({"bMicOn": "0"}))))).await.unwrap();
+    for ws in [&mut alice, &mut bob] {
+        let v =
+            until(ws, &mut seen, "updParties with bMicOn 0", |v| is_event(v, "changed") && v.pointer("/EVT/result/updParties").is_some())
+                .await;
+        assert_eq!(v.pointer("/EVT/result/updParties/0/PARTY_ID"), Some(&json!(bob_party)));
+        assert_eq!(v.pointer("/EVT/result/updParties/0/bMicOn"), Some(&json!(0)));
+    }
+    // The admin removes Bob: Bob is told why, then that he is gone.
+    alice.send(Message::text(conf_frame("DELPARTY", 10, p(bob_party, json!({}))))).await.unwrap();
+    let v = until(&mut bob, &mut seen, "Disconnected", |v| is_event(v, "webrtc")).await;
+    assert_eq!(v.pointer("/EVT/evttype"), Some(&json!("Disconnected")));
+    assert!(v.to_string().contains("removed by Alice Admin"), "{v}");
+    let v = until(&mut bob, &mut seen, "delParties", |v| is_event(v, "changed")).await;
+    assert_eq!(v.pointer("/EVT/result/delParties/0/ID"), Some(&json!(bob_party)));
+    // Bob's session still works.
+    let v = exchange(&mut bob, r#"{"cmd":"loadlist","seq":11,"obj":"cd","params":{"ClusterID":"1"}}"#).await;
+    assert_eq!(code_and_text(&v).0, code::OK);
+
+    // A wrong password: RETCODE 4, then the socket is closed with 1008.
+    let (mut eve, _) = tokio_tungstenite::connect_async(core.ws_url.as_str()).await.unwrap();
+    let v = exchange(&mut eve, &login_frame(1, "alice", "guess")).await;
+    assert_eq!(retcode_of(&v), "4", "{v}");
+    let mut close = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), eve.next()).await {
+        if let Message::Close(f) = m {
+            close = f;
+            break;
+        }
+    }
+    let f = close.expect("a close frame after the failed login");
+    assert_eq!(u16::from(f.code), 1008);
+    assert!(f.reason.contains("login error"), "{f:?}");
+    core.stop().await;
+}

@@ -77,3 +77,21 @@ fn the_scripted_demo_shows_a_transcript_that_follows_the_table() {
     assert!(stdout.contains("Checked against the 19-step table: Connected"), "{stdout}");
     assert!(stdout.contains("demo hears: 660 Hz"), "{stdout}");
 }
+
+#[test]
+fn hash_password_reads_one_line_from_stdin_and_prints_an_argon2id_string_that_verifies_it() {
+    use std::io::Write;
+    let mut child =
+        Command::new(CALLME).arg("hash-password").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let phc = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    let account = callme::core::Account::with_hash("a", &phc, callme::core::Role::User, "A");
+    let credential = account.credential().unwrap();
+    assert!(credential.verify("correct horse") && !credential.verify("correct horse\n"));
+    // An empty line is refused.
+    let empty = Command::new(CALLME).arg("hash-password").stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(!empty.status.success());
+}

@@ -23,6 +23,8 @@ fn quiet_config() -> CoreConfig {
         c.timer_ms = 0;
         c.ping_interval_ms = 0;
         c.idle_timeout_ms = 0;
+        // A session the core closes keeps its parties for a resume this long, then they leave.
+        c.resume_grace_ms = 300;
     })
 }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::accounts::{Account, Credential, Role};
+
 /// A TURN server whose credentials the core mints (TURN REST: `use-auth-secret`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +86,22 @@ pub struct CoreConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// The accounts (`[[accounts]]`): with any, every session logs in (`q_cplxLogin`) before
+    /// it may load; with none, the core is open (as in v1).
+    pub accounts: Vec<Account>,
+    /// A party whose WebSocket closed without `CALLME_BYE` is kept (out of the mix) this long
+    /// for a `cd.load` with its `ResumeToken`, in milliseconds (0: it leaves at once).
+    pub resume_grace_ms: u64,
+    /// Failed logins from one IP address within `login_throttle_window_ms` after which each
+    /// further login answer to that address is delayed.
+    pub login_throttle_failures: u32,
+    /// The window over which failed logins are counted, in milliseconds.
+    pub login_throttle_window_ms: u64,
+    /// The first delay of a throttled login answer, doubled with each further failure, in
+    /// milliseconds.
+    pub login_throttle_delay_ms: u64,
+    /// The longest delay of a throttled login answer, in milliseconds.
+    pub login_throttle_max_delay_ms: u64,
 }
 
 impl Default for CoreConfig {
@@ -108,6 +126,12 @@ impl Default for CoreConfig {
             ws_read_buffer_bytes: 4096,
             tls_cert: None,
             tls_key: None,
+            accounts: Vec::new(),
+            resume_grace_ms: 15_000,
+            login_throttle_failures: 3,
+            login_throttle_window_ms: 60_000,
+            login_throttle_delay_ms: 1000,
+            login_throttle_max_delay_ms: 16_000,
         }
     }
 }
@@ -209,6 +233,22 @@ impl CoreConfig {
                 self.idle_timeout_ms, self.ping_interval_ms
             ));
         }
+        let mut logins = std::collections::HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            a.check().map_err(|e| format!("accounts[{i}].{e}"))?;
+            if !logins.insert(a.login.as_str()) {
+                return Err(format!("accounts[{i}].login: {:?} is given twice", a.login));
+            }
+        }
+        if self.login_throttle_failures == 0 {
+            return Err("login_throttle_failures is 0: every login would be delayed".into());
+        }
+        if self.login_throttle_delay_ms > self.login_throttle_max_delay_ms {
+            return Err(format!(
+                "login_throttle_delay_ms {} is above login_throttle_max_delay_ms {}",
+                self.login_throttle_delay_ms, self.login_throttle_max_delay_ms
+            ));
+        }
         super::tls::check(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         if self.media.ip().is_unspecified() && self.announce.is_none() {
             return Err("media listens on all addresses: set announce to the address clients reach".into());
@@ -227,7 +267,10 @@ impl CoreConfig {
         if let Some(t) = &mut c.turn {
             t.secret = "[redacted]".into();
         }
-        format!("{c:?}")
+        // Accounts show their logins only (their Debug hides the passwords too).
+        let logins: Vec<&str> = self.accounts.iter().map(|a| a.login.as_str()).collect();
+        c.accounts.clear();
+        format!("{c:?} accounts: {logins:?}")
     }
 }
 
@@ -240,6 +283,25 @@ mod tests {
         let c = CoreConfig::from_toml(include_str!("../../docs/core.sample.toml")).unwrap().validate().unwrap();
         assert_eq!(c.listen.port(), 8080);
         assert!(c.turn.is_some());
+    }
+
+    #[test]
+    fn accounts_are_read_and_a_bad_one_is_named_by_its_place_and_field() {
+        let text = |role: &str| {
+            format!(
+                "[[accounts]]\nlogin = \"alice\"\npassword = \"pw-alice\"\nrole = \"admin\"\nname = \"Alice\"\n\n[[accounts]]\nlogin = \"bob\"\npassword = \"pw-bob\"\nrole = \"{role}\"\nname = \"Bob\"\n"
+            )
+        };
+        let c = CoreConfig::from_toml(&text("user")).unwrap().validate().unwrap();
+        assert_eq!(c.accounts.len(), 2);
+        assert_eq!(c.accounts[0].role(), Ok(Role::Admin));
+        assert!(!c.redacted().contains("pw-alice"), "{}", c.redacted());
+        let e = CoreConfig::from_toml(&text("boss")).unwrap().validate().unwrap_err();
+        assert_eq!(e, r#"accounts[1].role: "boss" is not user or admin"#);
+        let e = CoreConfig::from_toml("[[accounts]]\nlogin = \"a\"\nrole = \"user\"\nname = \"A\"\n").unwrap().validate().unwrap_err();
+        assert!(e.starts_with("accounts[0].password_hash: missing"), "{e}");
+        let e = CoreConfig::from_toml("[[accounts]]\nlogin = \"a\"\npasswd = \"x\"\nrole = \"user\"\nname = \"A\"\n").unwrap_err();
+        assert!(e.contains("passwd"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,14 @@ use crate::wire::PartyId;
 pub const SPEAKING_POWER: f64 = 1e-5;
 /// Frames a party stays a speaker after its last loud frame (500 ms).
 pub const HANGOVER_FRAMES: u32 = 25;
+/// Loud frames in a row after which a party is talking (`bTalking` 1): 60 ms.
+pub const TALK_START_FRAMES: u32 = 3;
+/// Frames without speech after which a talking party stops talking: 800 ms (within the 1 s
+/// hang-over PROTOCOL.md §8 allows, and longer than a pause between words).
+pub const TALK_STOP_FRAMES: u32 = 40;
+/// Frames at least between two changes of one party's talking state: 300 ms, so at most about
+/// three changes a second.
+pub const TALK_MIN_SPACING_FRAMES: u32 = 15;
 /// Lost frames concealed in a row before the party counts as silent (100 ms).
 pub const MAX_CONCEALED: u32 = 5;
 /// Packets held before the oldest are dropped to catch up (500 ms).
@@ -159,6 +167,50 @@ fn soft_knee(x: f32) -> i16 {
     (y.copysign(x)).round().clamp(-32767.0, 32767.0) as i16
 }
 
+/// Whether a party talks (`bTalking`), frame by frame, with hysteresis: it starts after
+/// [`TALK_START_FRAMES`] loud frames in a row, stops after [`TALK_STOP_FRAMES`] frames without
+/// one, and changes at most once per [`TALK_MIN_SPACING_FRAMES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TalkDetector {
+    talking: bool,
+    loud_run: u32,
+    quiet_run: u32,
+    since_change: u32,
+}
+
+impl Default for TalkDetector {
+    fn default() -> Self {
+        TalkDetector { talking: false, loud_run: 0, quiet_run: 0, since_change: TALK_MIN_SPACING_FRAMES }
+    }
+}
+
+impl TalkDetector {
+    /// One frame: whether it was loud (counted as speech, so mixed). Returns the new state
+    /// when it changes.
+    pub fn handle_frame(&mut self, loud: bool) -> Option<bool> {
+        self.since_change = self.since_change.saturating_add(1);
+        if loud {
+            self.loud_run = self.loud_run.saturating_add(1);
+            self.quiet_run = 0;
+        } else {
+            self.quiet_run = self.quiet_run.saturating_add(1);
+            self.loud_run = 0;
+        }
+        let want = if self.talking { self.quiet_run < TALK_STOP_FRAMES } else { self.loud_run >= TALK_START_FRAMES };
+        if want != self.talking && self.since_change >= TALK_MIN_SPACING_FRAMES {
+            self.talking = want;
+            self.since_change = 0;
+            return Some(want);
+        }
+        None
+    }
+
+    /// Not talking, at once and without a report (the microphone went off: the registry knows).
+    pub fn reset(&mut self) {
+        *self = TalkDetector { since_change: self.since_change, ..TalkDetector::default() };
+    }
+}
+
 struct Slot {
     /// `bMicOn`: off, the party's audio is read and dropped, never mixed.
     mic_on: bool,
@@ -168,6 +220,7 @@ struct Slot {
     limiter: Limiter,
     hang: u32,
     concealed: u32,
+    talk: TalkDetector,
     frame: Vec<i16>,
     /// Decoded samples not yet mixed: a packet of 40 or 60 ms feeds two or three ticks, two
     /// packets of 10 ms feed one.
@@ -232,6 +285,8 @@ pub struct MixerCore {
     /// A speaker's N-1 mix, reused every tick.
     own: Vec<i32>,
     pcm: Vec<i16>,
+    /// Talking changes of the ticks so far, for [`MixerCore::take_talking`].
+    talking: Vec<TalkingChange>,
 }
 
 impl MixerCore {
@@ -244,6 +299,7 @@ impl MixerCore {
             limiter: Limiter::default(),
             hang: 0,
             concealed: 0,
+            talk: TalkDetector::default(),
             frame: vec![0; FRAME_SAMPLES],
             pending: Vec::with_capacity(FRAME_SAMPLES * 7),
             decoded: Vec::with_capacity(FRAME_SAMPLES * 6),
@@ -265,7 +321,15 @@ impl MixerCore {
     pub fn set_mic(&mut self, party: PartyId, on: bool) {
         if let Some(s) = self.slots.get_mut(&party) {
             s.mic_on = on;
+            if !on {
+                s.talk.reset();
+            }
         }
+    }
+
+    /// The talking changes since the last call, in order.
+    pub fn take_talking(&mut self) -> Vec<TalkingChange> {
+        std::mem::take(&mut self.talking)
     }
 
     /// A packet from a party (unknown parties' packets are dropped).
@@ -279,7 +343,7 @@ impl MixerCore {
     pub fn tick(&mut self) -> Vec<Output> {
         self.mix.clear();
         self.mix.resize(FRAME_SAMPLES, 0);
-        for slot in self.slots.values_mut() {
+        for (party, slot) in self.slots.iter_mut() {
             slot.fill();
             let n = slot.pending.len().min(FRAME_SAMPLES);
             slot.frame.clear();
@@ -288,7 +352,11 @@ impl MixerCore {
             if !slot.mic_on {
                 slot.frame.fill(0);
             }
-            slot.hang = if mean_power(&slot.frame) > SPEAKING_POWER { HANGOVER_FRAMES } else { slot.hang.saturating_sub(1) };
+            let loud = slot.mic_on && mean_power(&slot.frame) > SPEAKING_POWER;
+            slot.hang = if loud { HANGOVER_FRAMES } else { slot.hang.saturating_sub(1) };
+            if let Some(talking) = slot.talk.handle_frame(loud) {
+                self.talking.push(TalkingChange { party: *party, talking });
+            }
             if slot.speaking() {
                 for (m, &s) in self.mix.iter_mut().zip(&slot.frame) {
                     *m += i32::from(s);
@@ -653,6 +721,11 @@ impl Worker {
                     self.send(tx.clone(), out.packet);
                 }
             }
+            for change in self.core.take_talking() {
+                if let Some(t) = &self.config.talking {
+                    let _ = t.send(change);
+                }
+            }
             self.stats.ticks.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -731,6 +804,74 @@ mod tests {
         // One tick for the mute to take effect, two frames of the decoder's tail.
         assert!(share(53, 100) < 0.02, "heard while muted: {}", share(53, 100));
         assert!(share(110, 150) > 0.5, "heard after the unmute: {}", share(110, 150));
+    }
+
+    /// Runs a party through the mixer, one frame per tick (`true`: a 440 Hz frame, `false`: a
+    /// silent one), with another party listening; the ticks at which talking changed.
+    fn talking_changes(frames: &[bool], mute_at: Option<usize>) -> Vec<(usize, bool)> {
+        let (a, b) = (PartyId(1), PartyId(2));
+        let mut src = AudioSource::tone(440.0).open().unwrap();
+        let mut enc = Encoder::new().unwrap();
+        let mut mixer = MixerCore::default();
+        mixer.add(a).unwrap();
+        mixer.add(b).unwrap();
+        let mut changes = Vec::new();
+        for (t, &loud) in frames.iter().enumerate() {
+            if mute_at == Some(t) {
+                mixer.set_mic(a, false);
+            }
+            let pcm = if loud { src.next_frame() } else { vec![0; FRAME_SAMPLES] };
+            mixer.push(a, t as u16, Bytes::from(enc.encode(&pcm).unwrap()));
+            mixer.tick();
+            for c in mixer.take_talking() {
+                assert_eq!(c.party, a, "the silent listener never talks");
+                changes.push((t, c.talking));
+            }
+        }
+        changes
+    }
+
+    #[test]
+    fn a_tone_with_100_ms_gaps_stays_talking_without_flicker() {
+        // 400 ms of tone, 100 ms of silence, for 4 s.
+        let frames: Vec<bool> = (0..200).map(|t| t % 25 < 20).collect();
+        let changes = talking_changes(&frames, None);
+        assert_eq!(changes.len(), 1, "one change, to talking: {changes:?}");
+        assert!(changes[0].1 && changes[0].0 <= 10, "talking within a few frames of the start: {changes:?}");
+    }
+
+    #[test]
+    fn a_tone_that_stops_stops_talking_within_one_second() {
+        let frames: Vec<bool> = (0..150).map(|t| t < 50).collect();
+        let changes = talking_changes(&frames, None);
+        assert_eq!(changes.iter().map(|c| c.1).collect::<Vec<_>>(), [true, false], "{changes:?}");
+        let stopped_after = changes[1].0 - 50;
+        assert!(stopped_after <= 50, "talking stopped {stopped_after} frames after the tone, more than 1 s");
+        assert!(stopped_after >= 25, "talking stopped {stopped_after} frames after the tone: no hang-over for pauses");
+    }
+
+    #[test]
+    fn silence_never_talks_and_a_muted_tone_stops_at_once_without_coming_back() {
+        assert_eq!(talking_changes(&[false; 150], None), []);
+        let changes = talking_changes(&[true; 150], Some(60));
+        assert_eq!(changes.len(), 1, "talking, then muted: no report, never talking again while muted: {changes:?}");
+    }
+
+    #[test]
+    fn talking_changes_at_most_about_three_times_a_second() {
+        let mut d = TalkDetector::default();
+        // Bursts of speech separated by just enough silence to stop.
+        let mut changes = Vec::new();
+        for t in 0..500u32 {
+            let loud = t % (TALK_STOP_FRAMES + 4) < 4;
+            if let Some(c) = d.handle_frame(loud) {
+                changes.push((t, c));
+            }
+        }
+        for w in changes.windows(2) {
+            assert!(w[1].0 - w[0].0 >= TALK_MIN_SPACING_FRAMES, "two changes closer than 300 ms: {w:?}");
+        }
+        assert!(changes.len() >= 4, "{changes:?}");
     }
 
     #[test]

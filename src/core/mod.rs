@@ -21,6 +21,7 @@
 //! read) or, at the WebSocket layer, an RFC 6455 close code; it never panics and never touches
 //! another session.
 
+mod accounts;
 pub mod config;
 mod http;
 mod mixer;
@@ -41,7 +42,8 @@ use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::peer_connection::certificate::RTCCertificate;
 
 use crate::wire::ConfId;
-pub use config::{CoreConfig, TurnConfig};
+pub use accounts::hash_password;
+pub use config::{Account, CoreConfig, Credential, Role, TurnConfig};
 pub use mixer::MixerStats;
 use party_media::MediaEnv;
 use shell::Shared;
@@ -116,6 +118,7 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, String> {
     let (ws, http) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
     let shared = Shared::new(config, env, tls);
     let (stop, stop_rx) = watch::channel(false);
+    shared.spawn_ticker(stop_rx.clone());
     let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
     Ok(CoreHandle { ws_url: format!("{ws}://{local}/ws"), http_url: format!("{http}://{local}/"), media_addr, shared, stop, task })
 }

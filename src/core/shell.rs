@@ -24,10 +24,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use super::accounts::Credential;
 use super::config::CoreConfig;
 use super::mixer;
 use super::party_media::{MediaEnv, PartyMedia};
-use super::registry::{Effect, Registry, RegistryConfig, SessionId};
+use super::registry::{Effect, Registry, RegistryConfig, Secret, SessionId};
 use crate::media::sdp::OfferFacts;
 use crate::wire::{self, close, ConfId, PartyId, ServUfrag, TimerTime};
 
@@ -36,6 +37,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The WebSocket layer's limit for one frame or message; frames above `max_frame_bytes` but
 /// below this are read and refused with code 101, larger ones close the session with 1009.
 const MAX_WS_MESSAGE: usize = 1 << 20;
+/// How often the registry's clock is told the time (kept parties expire at this granularity).
+const TICK: Duration = Duration::from_millis(250);
 
 /// What every session task shares.
 pub(super) struct Shared {
@@ -45,6 +48,8 @@ pub(super) struct Shared {
     pub(super) tls: Option<TlsAcceptor>,
     state: Mutex<State>,
     next_session: AtomicU64,
+    /// The registry's clock starts here (its milliseconds).
+    epoch: Instant,
 }
 
 /// The registry and what the shell keeps beside it: each session's outbound queue, each
@@ -78,6 +83,22 @@ impl SessionTx {
         });
     }
 
+    /// Closes the session after the frames already queued (an answer before its close): the
+    /// close goes through the queue; if it is not out within the close grace (a peer that does
+    /// not read), the session is closed anyway.
+    fn close_after_queued(&self, code: u16, reason: &str) {
+        if self.frames.try_send(Message::Close(Some(close_frame(code, reason)))).is_err() {
+            self.close(code, reason);
+            return;
+        }
+        let me = self.clone();
+        let reason = reason.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            me.close(code, &reason);
+        });
+    }
+
     /// Queues a frame; a full queue means the client does not read: the session is closed.
     fn push(&self, m: Message) {
         match self.frames.try_send(m) {
@@ -102,14 +123,56 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
 /// Work the effects lead to, done after the lock is released.
 enum Work {
     Close(PartyMedia),
-    Start { conf: ConfId, party: PartyId, generation: u64, offer: OfferFacts, mixer: Option<mixer::Mixer> },
+    Start {
+        conf: ConfId,
+        party: PartyId,
+        generation: u64,
+        offer: OfferFacts,
+        mixer: Option<mixer::Mixer>,
+    },
+    /// Forward the mixer's talking changes to the registry.
+    Talking {
+        conf: ConfId,
+        changes: mpsc::UnboundedReceiver<mixer::TalkingChange>,
+    },
+    /// Check a password off the lock, after the throttle's delay.
+    CheckLogin {
+        session: SessionId,
+        credential: Option<Credential>,
+        password: Secret,
+        delay_ms: u64,
+    },
 }
 
 impl Shared {
     pub(super) fn new(config: CoreConfig, env: MediaEnv, tls: Option<TlsAcceptor>) -> Arc<Self> {
         let registry = Registry::new(RegistryConfig::from_core(&config));
         let state = State { registry, sessions: HashMap::new(), mixers: HashMap::new(), medias: HashMap::new() };
-        Arc::new(Shared { config, env, tls, state: Mutex::new(state), next_session: AtomicU64::new(1) })
+        Arc::new(Shared { config, env, tls, state: Mutex::new(state), next_session: AtomicU64::new(1), epoch: Instant::now() })
+    }
+
+    /// The registry's clock: milliseconds since the core started.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Calls the registry's tick every [`TICK`] (kept parties whose grace is over leave) until
+    /// the core stops.
+    pub(super) fn spawn_ticker(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let shared = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = every.tick() => {}
+                }
+                let Some(shared) = shared.upgrade() else { return };
+                let now = shared.now_ms();
+                shared.drive(|r| r.handle_tick(now));
+            }
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -143,6 +206,35 @@ impl Shared {
                         self.clone()
                             .start_media(conf, party, generation, offer, mixer)
                             .instrument(tracing::info_span!("party", %conf, id = %party)),
+                    );
+                }
+                Work::Talking { conf, mut changes } => {
+                    // Ends when the conference's mixer (the sender's owner) is gone.
+                    let shared = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        while let Some(c) = changes.recv().await {
+                            let Some(shared) = shared.upgrade() else { return };
+                            shared.drive(|r| r.handle_talking(conf, c.party, c.talking));
+                        }
+                    });
+                }
+                Work::CheckLogin { session, credential, password, delay_ms } => {
+                    let shared = self.clone();
+                    tokio::spawn(
+                        async move {
+                            if delay_ms > 0 {
+                                tracing::info!(delay_ms, "login throttled: failed logins from this address");
+                                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                            }
+                            let ok = tokio::task::spawn_blocking(move || match credential {
+                                Some(c) => c.verify(password.expose()),
+                                None => Credential::verify_unknown(password.expose()),
+                            })
+                            .await
+                            .unwrap_or(false);
+                            shared.drive(|r| r.handle_login_checked(session, ok, unix_now()));
+                        }
+                        .in_current_span(),
                     );
                 }
             }
@@ -227,18 +319,29 @@ impl State {
                 }
                 Effect::Close { session, code, reason } => {
                     if let Some(tx) = self.sessions.get(&session) {
-                        tx.close(code, &reason);
+                        tx.close_after_queued(code, &reason);
                     }
                 }
                 Effect::ConferenceStarted { conf } => {
                     // Without a mixer (no thread could be started) the party's CALLME_S2 is
                     // refused with code 300 when it comes.
-                    match mixer::Mixer::spawn(mixer::MixerConfig { name: format!("mixer-{conf}"), ..Default::default() }) {
+                    let (talking, changes) = mpsc::unbounded_channel();
+                    let config = mixer::MixerConfig { name: format!("mixer-{conf}"), talking: Some(talking), ..Default::default() };
+                    match mixer::Mixer::spawn(config) {
                         Ok(m) => {
                             self.mixers.insert(conf, m);
+                            work.push(Work::Talking { conf, changes });
                         }
                         Err(e) => tracing::warn!(%conf, "the conference's mixer does not start: {e}"),
                     }
+                }
+                Effect::SetMic { conf, party, on } => {
+                    if let Some(m) = self.mixers.get(&conf) {
+                        m.set_mic(party, on);
+                    }
+                }
+                Effect::CheckLogin { session, credential, password, delay_ms } => {
+                    work.push(Work::CheckLogin { session, credential, password, delay_ms });
                 }
                 Effect::ConferenceEnded { conf } => {
                     self.mixers.remove(&conf);
@@ -304,10 +407,10 @@ fn close_for(e: &WsError) -> Option<(u16, String)> {
 /// One WebSocket session from open to close.
 pub(super) async fn serve(ws: WebSocketStream<Conn>, peer: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let id = SessionId(shared.next_session.fetch_add(1, Ordering::Relaxed));
-    session(ws, id, shared, stop).instrument(tracing::info_span!("session", %id, %peer)).await;
+    session(ws, id, peer, shared, stop).instrument(tracing::info_span!("session", %id, %peer)).await;
 }
 
-async fn session(ws: WebSocketStream<Conn>, id: SessionId, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn session(ws: WebSocketStream<Conn>, id: SessionId, peer: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let config = &shared.config;
     let (frames_tx, mut frames_rx) = mpsc::channel::<Message>(config.outbound_queue_frames.max(1));
     let (closing_tx, mut closing_rx) = watch::channel::<Option<CloseFrame>>(None);
@@ -315,13 +418,14 @@ async fn session(ws: WebSocketStream<Conn>, id: SessionId, shared: Arc<Shared>, 
     let work = {
         let mut st = shared.lock();
         st.sessions.insert(id, tx.clone());
-        let effects = st.registry.handle_session_opened(id);
+        let effects = st.registry.handle_session_opened(id, Some(peer.ip()));
         st.apply(effects)
     };
     shared.run(work);
 
     let (mut sink, mut source) = ws.split();
     let mut writer_closing = closing_rx.clone();
+    let closing_by_queue = tx.closing.clone();
     let writer = tokio::spawn(
         async move {
             'frames: loop {
@@ -330,6 +434,11 @@ async fn session(ws: WebSocketStream<Conn>, id: SessionId, shared: Arc<Shared>, 
                     _ = writer_closing.changed() => break,
                     m = frames_rx.recv() => {
                         let Some(m) = m else { break };
+                        if let Message::Close(Some(f)) = m {
+                            // A close queued behind frames: they are out, now the close.
+                            closing_by_queue.send_if_modified(|c| c.is_none() && { *c = Some(f); true });
+                            break;
+                        }
                         tokio::select! {
                             biased;
                             // A frame half written stays in the WebSocket's buffer, ahead of the close frame.
@@ -401,7 +510,7 @@ async fn session(ws: WebSocketStream<Conn>, id: SessionId, shared: Arc<Shared>, 
 
     let work = {
         let mut st = shared.lock();
-        let effects = st.registry.handle_session_closed(id);
+        let effects = st.registry.handle_session_closed(id, shared.now_ms());
         let work = st.apply(effects);
         st.sessions.remove(&id);
         work

@@ -38,6 +38,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Join/leave churn against a core in a child process: its memory, files, threads and tasks.
     Soak(soak::SoakArgs),
+    /// Read a password from standard input (one line) and print its argon2id PHC string, for
+    /// `password_hash` of an `[[accounts]]` entry in the core's configuration.
+    HashPassword,
 }
 
 #[derive(Args)]
@@ -379,6 +382,31 @@ async fn run_core(a: CoreArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `callme hash-password`: the password never comes from a flag (it would be in the shell's
+/// history and the process list).
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("callme hash-password: reading standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    if password.is_empty() {
+        eprintln!("callme hash-password: standard input gave an empty password (one line expected)");
+        return ExitCode::FAILURE;
+    }
+    match callme::core::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callme hash-password: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CALLME_LOG").unwrap_or_else(|_| "error,callme=warn".into()))
@@ -393,6 +421,7 @@ fn main() -> ExitCode {
             Command::Core(a) => run_core(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Soak(a) => soak::run(a).await,
+            Command::HashPassword => hash_password(),
         }
     })
 }
