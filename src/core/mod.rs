@@ -80,6 +80,13 @@ impl CoreHandle {
         self.shared.stats()
     }
 
+    /// The parties of the running conference `scheme` (`SchemeID`) of `cluster`, ordered by
+    /// `Index`: the list every client's roster should equal once the core's `conf.changed`
+    /// events have reached it (empty when the conference is not running).
+    pub fn roster(&self, cluster: crate::wire::ClusterId, scheme: crate::wire::SchemeId) -> Vec<crate::wire::PartyData> {
+        self.shared.roster(cluster, scheme)
+    }
+
     /// Each running conference's mixer figures (ticks, late ticks, drops).
     pub fn mixer_stats(&self) -> Vec<(ConfId, mixer::MixerStats)> {
         self.shared.mixer_stats()

@@ -412,6 +412,15 @@ impl Registry {
         RegistryStats { sessions: self.sessions.len(), conferences: self.confs.len(), parties, parties_with_media }
     }
 
+    /// The roster of the running conference `scheme` of `cluster`, ordered by `Index`, as the
+    /// clients' `conf.changed` should leave theirs (empty when it is not running).
+    pub fn roster(&self, cluster: ClusterId, scheme: SchemeId) -> Vec<PartyData> {
+        let Some(c) = self.by_scheme.get(&(cluster, scheme)).and_then(|id| self.confs.get(id)) else { return Vec::new() };
+        let mut list: Vec<PartyData> = c.parties.values().map(PartyRec::data).collect();
+        list.sort_by_key(|p| p.index);
+        list
+    }
+
     /// Whether the session is open here (and not being closed).
     pub fn is_open(&self, session: SessionId) -> bool {
         self.sessions.get(&session).is_some_and(|s| !s.closing)

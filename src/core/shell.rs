@@ -179,6 +179,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(super) fn roster(&self, cluster: crate::wire::ClusterId, scheme: crate::wire::SchemeId) -> Vec<crate::wire::PartyData> {
+        self.lock().registry.roster(cluster, scheme)
+    }
+
     pub(super) fn stats(&self) -> super::CoreStats {
         let s = self.lock().registry.stats();
         super::CoreStats { sessions: s.sessions, conferences: s.conferences, parties: s.parties, parties_with_media: s.parties_with_media }
