@@ -18,6 +18,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -163,7 +165,7 @@ pub struct Connected {
     roster: Option<SharedRoster>,
     resume: Resume,
     account: Option<Account>,
-    muted: std::sync::atomic::AtomicBool,
+    muted: Arc<AtomicBool>,
 }
 
 impl Connected {
@@ -180,7 +182,8 @@ impl Connected {
         for e in party.session.take_early() {
             let _ = events_tx.send(e);
         }
-        let task = tokio::spawn(drive(join, party, events_tx, ended_tx, control_rx));
+        let muted = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(drive(join, party, events_tx, ended_tx, control_rx, muted.clone()));
         Connected {
             party: id,
             loaded,
@@ -196,7 +199,7 @@ impl Connected {
             roster,
             resume,
             account,
-            muted: std::sync::atomic::AtomicBool::new(false),
+            muted,
         }
     }
 
@@ -222,9 +225,11 @@ impl Connected {
         self.resume.clone()
     }
 
-    /// Whether one's own audio is not being sent ([`Connected::set_mic`]).
+    /// Whether one's own audio is not being sent: after [`Connected::set_mic`] off, or while
+    /// the roster shows one's microphone off (a controller turned it off: the media follows,
+    /// as a browser's disabled track would).
     pub fn is_muted(&self) -> bool {
-        self.muted.load(std::sync::atomic::Ordering::SeqCst)
+        self.muted.load(Ordering::SeqCst)
     }
 
     /// Switches one's own microphone (`SETMIC` for oneself). Off: the media stops sending at
@@ -294,7 +299,7 @@ impl Connected {
         let (done, result) = oneshot::channel();
         self.control.send(Control::Sending { on, done }).map_err(|_| gone())?;
         result.await.map_err(|_| gone())??;
-        self.muted.store(!on, std::sync::atomic::Ordering::SeqCst);
+        self.muted.store(!on, Ordering::SeqCst);
         Ok(())
     }
 
@@ -445,6 +450,7 @@ async fn drive(
     events_tx: broadcast::Sender<CallEvent>,
     ended: watch::Sender<Option<Error>>,
     mut control: mpsc::UnboundedReceiver<Control>,
+    muted: Arc<AtomicBool>,
 ) -> Party {
     let mut pending: HashMap<u64, oneshot::Sender<Result<Answer>>> = HashMap::new();
     // Dropped once the end is delivered, so the application's event stream ends.
@@ -471,6 +477,15 @@ async fn drive(
             item = party.session.next_in_call(), if !party.session.is_closed() => match item {
                 InCall::Event(_, typed) => {
                     for e in typed {
+                        // One's microphone switched by a controller: the media follows.
+                        if let CallEvent::Roster(RosterChange::MicChanged(m)) = &e {
+                            if m.id == party.id() && m.mic_on == muted.load(Ordering::SeqCst) {
+                                join.call(20, "setSending", if m.mic_on { "on: the roster shows the microphone on" } else { "off: the roster shows the microphone off" });
+                                if join.media.set_sending(m.mic_on).await.is_ok() {
+                                    muted.store(!m.mic_on, Ordering::SeqCst);
+                                }
+                            }
+                        }
                         deliver(&events, e);
                     }
                 }

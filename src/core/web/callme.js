@@ -873,8 +873,10 @@
       mic.textContent = `${p.micOn ? 'mic on' : 'muted'}${p.state === 2 ? '' : ', no audio'}`;
       li.append(dot, name, mic);
       if (callme.control && p.id !== callme.party) {
-        li.append(button(p.micOn ? 'Mute' : 'Unmute', () => setMicOf(p.id, !p.micOn)));
-        li.append(button('Remove', () => remove(p.id), 'danger'));
+        const actions = document.createElement('span');
+        actions.className = 'actions';
+        actions.append(button(p.micOn ? 'Mute' : 'Unmute', () => setMicOf(p.id, !p.micOn)), button('Remove', () => remove(p.id), 'danger'));
+        li.append(actions);
       }
       list.appendChild(li);
     }
