@@ -1,7 +1,8 @@
 //! The command line, run as a user runs it: `callme join` against a core with another party in
 //! the call, its exit codes, its recording and transcript files, and the scripted demo.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use callme::audio::{read_wav, tone_share, AudioSource};
@@ -94,4 +95,106 @@ fn hash_password_reads_one_line_from_stdin_and_prints_an_argon2id_string_that_ve
     // An empty line is refused.
     let empty = Command::new(CALLME).arg("hash-password").stdin(std::process::Stdio::null()).output().unwrap();
     assert!(!empty.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_logs_in_prints_the_roster_and_its_changes_and_takes_console_commands() {
+    use callme::core::{Account, Role};
+    let config = CoreConfig::loopback_ephemeral().with(|c| {
+        c.accounts = vec![
+            Account::with_password("ann", "pw-ann", Role::Admin, "Ann Admin"),
+            Account::with_password("bob", "pw-bob", Role::User, "Bob"),
+        ];
+    });
+    let core = core::start(config).await.unwrap();
+    let bob = Session::connect(&core.ws_url)
+        .await
+        .unwrap()
+        .login("bob", "pw-bob")
+        .await
+        .unwrap()
+        .load(ClusterId(1), SchemeId(7), "")
+        .await
+        .unwrap();
+    let bob = bob.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
+
+    let mut child = Command::new(CALLME)
+        .args(["join", "--url", &core.ws_url, "--scheme", "7", "--login", "ann", "--silent", "--console", "--say", "hi from the cli"])
+        .env("CALLME_PASSWORD", "pw-ann")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Lines go in once the console is up, each after the last one's effect was printed.
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut script = vec!["/quit", "/kick Nobody", "/mute Bob"];
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            let next =
+                if line.contains("console:") || line.contains("Bob muted") || line.contains("! no party") { script.pop() } else { None };
+            if let Some(l) = next {
+                let _ = writeln!(stdin, "{l}");
+            }
+        }
+        seen
+    });
+    let said = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match bob.next_event().await {
+                Some(callme::CallEvent::Chat(m)) if m.msg == "hi from the cli" => return m.username,
+                Some(_) => continue,
+                None => return String::new(),
+            }
+        }
+    })
+    .await
+    .expect("Bob gets the chat line");
+    assert_eq!(said, "Ann Admin");
+    let stdout = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}\n{stdout}");
+    for want in [
+        "logged in as ann: Ann Admin (admin)",
+        "in the conference (2):",
+        "Bob ",
+        "[chat] Ann Admin: hi from the cli",
+        "Bob muted",
+        "! no party named \"Nobody\" in the conference",
+    ] {
+        assert!(stdout.contains(want), "{want:?} is printed:\n{stdout}");
+    }
+    assert!(!core.roster(ClusterId(1), SchemeId(7)).iter().any(|p| p.name == "Bob" && p.mic_on), "the console muted Bob");
+    drop(bob);
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_exits_with_30_naming_the_retcode_and_never_shows_the_password() {
+    use callme::core::{Account, Role};
+    let config = CoreConfig::loopback_ephemeral().with(|c| c.accounts = vec![Account::with_password("ann", "pw-ann", Role::Admin, "Ann")]);
+    let core = core::start(config).await.unwrap();
+    let ws = core.ws_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(CALLME)
+            .args(["join", "--url", &ws, "--scheme", "7", "--login", "ann"])
+            .env("CALLME_PASSWORD", "not-the-password-xyz")
+            .env("CALLME_LOG", "trace,tungstenite=trace,tungstenite::protocol=trace")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(30));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stderr.contains("RETCODE 4"), "{stderr}");
+    assert!(
+        !stdout.contains("not-the-password-xyz") && !stderr.contains("not-the-password-xyz"),
+        "the password shows:\n{stdout}\n{stderr}"
+    );
+    core.stop().await;
 }

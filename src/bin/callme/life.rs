@@ -146,6 +146,8 @@ pub async fn console(call: &Connected) {
     tokio::pin!(events);
     loop {
         tokio::select! {
+            // Events first: what is already there is printed before the next line is acted on.
+            biased;
             _ = &mut events => return,
             line = lines.next_line() => {
                 let Ok(Some(line)) = line else { return };

@@ -407,11 +407,21 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// `CALLME_LOG` (default `error,callme=warn`), with the WebSocket library never above debug:
+/// its trace prints every frame's payload, a login's password too, so directives for its targets
+/// are dropped and replaced.
+fn log_filter(asked: Option<String>) -> tracing_subscriber::EnvFilter {
+    let asked = asked.unwrap_or_else(|| "error,callme=warn".into());
+    let kept: Vec<&str> = asked
+        .split(',')
+        .filter(|d| !d.trim_start().starts_with("tungstenite") && !d.trim_start().starts_with("tokio_tungstenite"))
+        .collect();
+    let filter = format!("{},tungstenite=debug,tokio_tungstenite=debug", kept.join(","));
+    tracing_subscriber::EnvFilter::try_new(filter.trim_start_matches(',')).unwrap_or_else(|_| "error,callme=warn,tungstenite=debug".into())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CALLME_LOG").unwrap_or_else(|_| "error,callme=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(log_filter(std::env::var("CALLME_LOG").ok())).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     runtime.block_on(async {
