@@ -25,9 +25,15 @@ pub struct CoreChild {
 impl CoreChild {
     /// Starts `callme core` on loopback with system-picked ports, reporting every `report`.
     pub fn spawn(report: Duration, env: &[(&str, &str)]) -> Result<CoreChild, String> {
+        Self::spawn_with(report, env, &[])
+    }
+
+    /// [`CoreChild::spawn`] with more arguments for `callme core` (e.g. `--config FILE`).
+    pub fn spawn_with(report: Duration, env: &[(&str, &str)], args: &[&str]) -> Result<CoreChild, String> {
         let exe = std::env::current_exe().map_err(|e| format!("the running binary: {e}"))?;
         let mut cmd = Command::new(exe);
         cmd.args(["core", "--listen", "127.0.0.1:0", "--media-port", "0", "--report-ms", &report.as_millis().to_string()]);
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,6 +1,7 @@
 //! `callme`: join a conference, run the reference core, see the join step by step, measure it.
 
 mod bench;
+mod bench_life;
 mod child;
 mod life;
 mod soak;
@@ -36,6 +37,8 @@ enum Command {
     Core(CoreArgs),
     /// Join N parties to one conference on a core in a child process and print the figures.
     Bench(bench::BenchArgs),
+    /// Life in a conference with accounts, timed: login to first audio, SETMIC to the tone gone.
+    BenchLife(bench_life::BenchLifeArgs),
     /// Join/leave churn against a core in a child process: its memory, files, threads and tasks.
     Soak(soak::SoakArgs),
     /// Read a password from standard input (one line) and print its argon2id PHC string, for
@@ -408,16 +411,26 @@ fn hash_password() -> ExitCode {
 }
 
 /// `CALLME_LOG` (default `error,callme=warn`), with the WebSocket library never above debug:
-/// its trace prints every frame's payload, a login's password too, so directives for its targets
-/// are dropped and replaced.
+/// its trace prints every frame's payload, a login's password too. A `trace` asked for it (or
+/// for everything) becomes `debug` for its targets.
 fn log_filter(asked: Option<String>) -> tracing_subscriber::EnvFilter {
     let asked = asked.unwrap_or_else(|| "error,callme=warn".into());
-    let kept: Vec<&str> = asked
-        .split(',')
-        .filter(|d| !d.trim_start().starts_with("tungstenite") && !d.trim_start().starts_with("tokio_tungstenite"))
-        .collect();
-    let filter = format!("{},tungstenite=debug,tokio_tungstenite=debug", kept.join(","));
-    tracing_subscriber::EnvFilter::try_new(filter.trim_start_matches(',')).unwrap_or_else(|_| "error,callme=warn,tungstenite=debug".into())
+    let is_ws = |d: &str| d.starts_with("tungstenite") || d.starts_with("tokio_tungstenite");
+    let mut directives: Vec<String> = Vec::new();
+    let mut cap = false;
+    for d in asked.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if is_ws(d) {
+            cap |= d.ends_with("=trace");
+            directives.push(d.replace("=trace", "=debug"));
+        } else {
+            cap |= d == "trace";
+            directives.push(d.to_owned());
+        }
+    }
+    if cap {
+        directives.extend(["tungstenite=debug".to_owned(), "tokio_tungstenite=debug".to_owned()]);
+    }
+    tracing_subscriber::EnvFilter::try_new(directives.join(",")).unwrap_or_else(|_| "error,callme=warn".into())
 }
 
 fn main() -> ExitCode {
@@ -430,6 +443,7 @@ fn main() -> ExitCode {
             Command::Join(a) => join(a).await,
             Command::Core(a) => run_core(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::BenchLife(a) => bench_life::run(a).await,
             Command::Soak(a) => soak::run(a).await,
             Command::HashPassword => hash_password(),
         }
