@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
+import { chromiumArgs } from './chromium.mjs';
 
 function parseArgs(argv) {
   const opts = { url: null, query: '', wav: null, timeout: 120, chromium: process.env.CHROMIUM || '/usr/bin/chromium', verbose: false };
@@ -58,20 +59,7 @@ async function main() {
   const log = (...a) => {
     if (opts.verbose) console.error(...a);
   };
-  const args = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--use-fake-ui-for-media-stream',
-    '--use-fake-device-for-media-stream',
-    '--allow-loopback-in-peer-connection',
-    '--autoplay-policy=no-user-gesture-required',
-  ];
-  if (opts.wav) args.push(`--use-file-for-fake-audio-capture=${opts.wav}`);
+  const args = chromiumArgs(opts.wav);
   const profile = mkdtempSync(join(tmpdir(), 'callme-chromium-'));
   let context = null;
   const close = async () => {

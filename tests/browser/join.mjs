@@ -22,6 +22,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { chromiumArgs } from './chromium.mjs';
 
 function parseArgs(argv) {
   const opts = {
@@ -88,20 +89,7 @@ async function main() {
     if (opts.verbose) console.error(...a);
   };
 
-  const args = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--use-fake-ui-for-media-stream',
-    '--use-fake-device-for-media-stream',
-    '--allow-loopback-in-peer-connection',
-    '--autoplay-policy=no-user-gesture-required',
-  ];
-  if (opts.wav) args.push(`--use-file-for-fake-audio-capture=${opts.wav}`);
+  const args = chromiumArgs(opts.wav);
 
   const page_url = new URL(opts.url);
   page_url.searchParams.set('scheme', opts.scheme);
