@@ -383,6 +383,7 @@ mod resume;
 pub mod roster;
 pub mod signaling;
 pub mod spec;
+pub mod stats;
 mod steps;
 pub mod testing;
 #[cfg(feature = "tls")]
@@ -398,6 +399,7 @@ pub use login::{Account, LoggedIn, Password, Role};
 pub use resume::{Resume, ResumeToken, Resumed};
 pub use roster::{Member, MemberState, Roster, RosterChange};
 pub use signaling::{Party, Session, Timeouts};
+pub use stats::{CallStats, Outage, ReceiveStats, SendStats};
 pub use steps::{MediaReady, Offered, S1Accepted, S2Accepted};
 #[cfg(feature = "tls")]
 pub use tls::{TlsError, TlsOptions};

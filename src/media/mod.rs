@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::audio::{AudioSource, Frame};
+use crate::stats::StatsCell;
 
 pub use rtc::{RtcMedia, RtcOptions};
 
@@ -55,4 +56,8 @@ pub trait MediaEngine: Send {
     async fn ended(&mut self) -> String;
     /// Closes the PeerConnection and stops every task; idempotent.
     async fn close(&mut self);
+    /// Where the media layer keeps its measurements, if it measures (the fake does not).
+    fn stats(&self) -> Option<StatsCell> {
+        None
+    }
 }

@@ -39,6 +39,7 @@ use super::sdp::{EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use super::{IceServer, MediaEngine};
 use crate::audio::opus_codec;
 use crate::audio::{AudioSource, Frame, LocalAudio, FRAME_DURATION};
+use crate::stats::StatsCell;
 
 /// Choices for the real media layer.
 #[derive(Debug, Clone)]
@@ -52,11 +53,17 @@ pub struct RtcOptions {
     pub loopback_only: bool,
     /// The Opus payload type offered.
     pub opus_pt: u8,
+    /// The adaptive jitter buffer on the receive path (off: packets are decoded in arrival
+    /// order, as they come, and late ones dropped: the naive path, for comparison).
+    pub jitter_buffer: bool,
+    /// Opus in-band FEC: sent (with the expected loss from the core's receiver reports) and
+    /// used to rebuild a lost packet from the next one.
+    pub fec: bool,
 }
 
 impl Default for RtcOptions {
     fn default() -> Self {
-        RtcOptions { relay_only: false, loopback: true, loopback_only: false, opus_pt: 111 }
+        RtcOptions { relay_only: false, loopback: true, loopback_only: false, opus_pt: 111, jitter_buffer: true, fec: true }
     }
 }
 
@@ -74,6 +81,8 @@ pub struct RtcMedia {
     tasks: Vec<JoinHandle<()>>,
     /// Whether the local audio is sent (else silence frames are).
     sending: Arc<AtomicBool>,
+    /// What the media measures.
+    stats: StatsCell,
 }
 
 impl Default for RtcMedia {
@@ -101,6 +110,18 @@ impl RtcOptions {
         self
     }
 
+    /// With the adaptive jitter buffer, or without (the naive path).
+    pub fn with_jitter_buffer(mut self, on: bool) -> Self {
+        self.jitter_buffer = on;
+        self
+    }
+
+    /// With Opus in-band FEC sent and used, or without.
+    pub fn with_fec(mut self, on: bool) -> Self {
+        self.fec = on;
+        self
+    }
+
     /// Only loopback candidates: for a core on this machine.
     pub fn loopback_only() -> Self {
         RtcOptions { loopback_only: true, ..Default::default() }
@@ -121,6 +142,7 @@ impl RtcMedia {
             reader: watch::channel(None),
             tasks: Vec::new(),
             sending: Arc::new(AtomicBool::new(true)),
+            stats: StatsCell::new(),
         }
     }
 
@@ -339,6 +361,10 @@ impl MediaEngine for RtcMedia {
         }
     }
 
+    fn stats(&self) -> Option<StatsCell> {
+        Some(self.stats.clone())
+    }
+
     async fn close(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
@@ -349,6 +375,13 @@ impl MediaEngine for RtcMedia {
         self.track = None;
         self.remote = None;
         self.remote_rx = None;
+    }
+}
+
+impl RtcMedia {
+    /// Where this media layer keeps its measurements.
+    pub fn stats_cell(&self) -> StatsCell {
+        self.stats.clone()
     }
 }
 
