@@ -23,12 +23,20 @@ pub struct ConnectOptions {
     /// Whom to trust on `wss://` (feature `tls`): by default the system's roots.
     #[cfg(feature = "tls")]
     pub tls: TlsOptions,
+    /// How calls on the session reconnect ([`crate::reconnect`]); on by default.
+    pub reconnect: crate::ReconnectPolicy,
 }
 
 impl ConnectOptions {
     /// These timeouts instead of the defaults.
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
+        self
+    }
+
+    /// This reconnection policy for the session's calls.
+    pub fn with_reconnect(mut self, policy: crate::ReconnectPolicy) -> Self {
+        self.reconnect = policy;
         self
     }
 

@@ -152,6 +152,14 @@ pub enum Cause {
         #[source]
         source: Option<Source>,
     },
+    /// The call could not be brought back: every reconnection attempt failed.
+    #[error("reconnecting after {cause} failed, {} attempts: {}", .attempts.len(), .attempts.join("; "))]
+    ReconnectFailed {
+        /// What made the call reconnect.
+        cause: String,
+        /// Each attempt's error, in order (`attempt 1: ...`).
+        attempts: Vec<String>,
+    },
     /// The caller passed something unusable (a bad URL, say).
     #[error("invalid argument: {reason}")]
     Invalid {

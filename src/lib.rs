@@ -266,7 +266,7 @@
 //!     };
 //!     let why = call.ended().await; // in the call until it ends
 //!     eprintln!("the call ended: {why}; joining again");
-//!     party = call.hang_up().await; // the media is gone; the WebSocket may still be open
+//!     party = call.hang_up().await?; // the media is gone; the WebSocket is still open
 //!     if party.session().is_closed() {
 //!         party = Session::connect("ws://127.0.0.1:8080/ws").await?.load(ClusterId(1), SchemeId(7), "bot").await?;
 //!     }
@@ -380,6 +380,7 @@ pub mod media;
 #[cfg(feature = "core")]
 pub mod netem;
 mod resume;
+pub mod reconnect;
 pub mod roster;
 pub mod signaling;
 pub mod spec;
@@ -397,6 +398,7 @@ pub use connect::ConnectOptions;
 pub use error::{Cause, Error, JoinError, Result, Source, Stage};
 pub use login::{Account, LoggedIn, Password, Role};
 pub use resume::{Resume, ResumeToken, Resumed};
+pub use reconnect::{ReconnectCause, ReconnectPolicy};
 pub use roster::{Member, MemberState, Roster, RosterChange};
 pub use signaling::{Party, Session, Timeouts};
 pub use stats::{CallStats, Outage, ReceiveStats, SendStats};

@@ -19,6 +19,8 @@ use std::time::Duration;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
+use crate::reconnect::ReconnectPolicy;
+
 use crate::call::{CallEvent, ChatMessage};
 use crate::connect::ConnectOptions;
 use crate::error::{Cause, Error, Result, Stage};
@@ -42,7 +44,14 @@ pub enum Inbound {
         /// The close code and reason, or the error that ended it.
         reason: String,
     },
+    /// The connection showed it is alive without a frame for the session (a WebSocket ping
+    /// or pong).
+    Alive,
 }
+
+/// What the session writes to ask a transport for a keep-alive: a WebSocket transport sends a
+/// ping frame instead; it is never a text frame of the protocol (it is not JSON).
+pub(crate) const KEEPALIVE: &str = "\u{0}callme-keepalive";
 
 /// Any duplex channel of text frames: a WebSocket, or an in-memory scripted core.
 pub trait Transport: Sink<String, Error = String> + Stream<Item = Inbound> + Send + Unpin {}
@@ -136,6 +145,12 @@ pub struct Session {
     credentials: Option<Credentials>,
     /// The account logged in as.
     account: Option<Account>,
+    /// When the transport last gave anything (a frame, a ping, a pong).
+    last_read: Instant,
+    /// Whether the transport turns [`KEEPALIVE`] into a ping (a WebSocket does).
+    pings: bool,
+    /// How a call on this session reconnects.
+    pub(crate) reconnect: ReconnectPolicy,
 }
 
 impl Session {
@@ -170,12 +185,12 @@ impl Session {
         let opening = async {
             match request.uri().scheme_str() {
                 #[cfg(feature = "tls")]
-                Some("wss") => crate::tls::open(request, &options.tls).await.map(|ws| Session::over(websocket_transport(ws), timeouts)),
+                Some("wss") => crate::tls::open(request, &options.tls).await.map(|ws| Session::over(websocket_transport(ws), timeouts).pinging().with_reconnect(options.reconnect)),
                 #[cfg(not(feature = "tls"))]
                 Some("wss") => Err(crate::connect::NO_TLS.to_owned()),
                 _ => tokio_tungstenite::connect_async(request)
                     .await
-                    .map(|(ws, _response)| Session::over(websocket_transport(ws), timeouts))
+                    .map(|(ws, _response)| Session::over(websocket_transport(ws), timeouts).pinging().with_reconnect(options.reconnect))
                     .map_err(|e| format!("{url}: {e}")),
             }
         };
@@ -199,6 +214,19 @@ impl Session {
         self
     }
 
+    /// With this reconnection policy for its calls (by default they reconnect, see
+    /// [`crate::reconnect`]).
+    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Marks the transport as one that turns [`KEEPALIVE`] into a ping.
+    fn pinging(mut self) -> Self {
+        self.pings = true;
+        self
+    }
+
     /// A session over any transport of text frames.
     pub fn over(transport: impl Transport + 'static, timeouts: Timeouts) -> Session {
         Session {
@@ -217,6 +245,9 @@ impl Session {
             reopen: None,
             credentials: None,
             account: None,
+            last_read: Instant::now(),
+            pings: false,
+            reconnect: ReconnectPolicy::default(),
         }
     }
 
@@ -234,6 +265,13 @@ impl Session {
     /// A handle to this session's transcript.
     pub fn transcript(&self) -> Transcript {
         self.transcript.clone()
+    }
+
+    /// Records into `t` from now on, with what this session recorded so far moved into it (in
+    /// time order after `t`'s own): a reconnection's session continues the call's record.
+    pub(crate) fn adopt_transcript(&mut self, t: Transcript) {
+        t.absorb(&self.transcript);
+        self.transcript = t;
     }
 
     /// The session's timeouts.
@@ -574,11 +612,15 @@ impl Session {
         if let Some(reason) = &self.closed {
             return Err(Error::new(stage, Cause::Disconnected { reason: reason.clone() }));
         }
-        let next = tokio::time::timeout_at(deadline, self.transport.next()).await;
-        let inbound = match next {
-            Err(_) => return Err(Error::new(stage, Cause::TimedOut { waiting_for: waiting_for.to_owned(), after })),
-            Ok(None) => Inbound::Closed { reason: "the connection ended".into() },
-            Ok(Some(i)) => i,
+        let inbound = loop {
+            let next = tokio::time::timeout_at(deadline, self.transport.next()).await;
+            self.last_read = Instant::now();
+            match next {
+                Err(_) => return Err(Error::new(stage, Cause::TimedOut { waiting_for: waiting_for.to_owned(), after })),
+                Ok(None) => break Inbound::Closed { reason: "the connection ended".into() },
+                Ok(Some(Inbound::Alive)) => continue,
+                Ok(Some(i)) => break i,
+            }
         };
         match inbound {
             Inbound::Closed { reason } => {
@@ -590,6 +632,26 @@ impl Session {
                 let parsed = Incoming::parse(&frame);
                 Ok((frame, parsed))
             }
+            Inbound::Alive => unreachable!("passed over above"),
+        }
+    }
+
+    /// Whether the transport pings (so [`Session::silent_for`] tells a dead connection).
+    pub(crate) fn pings(&self) -> bool {
+        self.pings
+    }
+
+    /// How long the transport has given nothing at all (no frame, ping or pong).
+    pub(crate) fn silent_for(&self) -> Duration {
+        self.last_read.elapsed()
+    }
+
+    /// Asks the transport to show the connection is alive (a WebSocket ping, answered by a
+    /// pong); nothing for a transport that cannot. Not recorded: it is not a frame of the
+    /// protocol.
+    pub(crate) async fn keepalive(&mut self) {
+        if self.pings && self.closed.is_none() {
+            let _ = self.transport.send(KEEPALIVE.to_owned()).await;
         }
     }
 
@@ -603,7 +665,7 @@ impl Session {
         loop {
             let (frame, parsed) = match self.read_raw(stage, far, "an event", Duration::MAX).await {
                 Ok(x) => x,
-                Err(e) => return InCall::Ended(e),
+                Err(e) => return InCall::Ended(e, End::Socket),
             };
             let e = match parsed {
                 Ok(Incoming::Answer(a)) => {
@@ -627,7 +689,11 @@ impl Session {
             }
             if name == DISCONNECTED {
                 self.record_received(stage, frame, Routing::Fatal);
-                return InCall::Ended(disconnected(stage, &e));
+                let end = match crate::wire::Disconnected::from_event(&e) {
+                    Ok(d) if d.final_ => End::Final,
+                    _ => End::Transient,
+                };
+                return InCall::Ended(disconnected(stage, &e), end);
             }
             self.record_received(stage, frame, Routing::Event);
             let typed = self.typed(e.clone());
@@ -646,7 +712,7 @@ impl Session {
                 InCall::Event(e, _) => return Ok(e),
                 InCall::Answer(_) => continue,
                 InCall::Malformed(w) => return Err(Error::new(Stage::InCall, Cause::Malformed(w))),
-                InCall::Ended(e) => return Err(e),
+                InCall::Ended(e, _) => return Err(e),
             }
         }
     }
@@ -675,7 +741,18 @@ pub(crate) enum InCall {
     /// A frame that could not be read; recorded, and the call goes on.
     Malformed(WireError),
     /// The end: `conf.webrtc.Disconnected` for the own party, or the socket closed.
-    Ended(Error),
+    Ended(Error, End),
+}
+
+/// How the session's part of a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The WebSocket closed.
+    Socket,
+    /// `conf.webrtc.Disconnected`, transient: the party may come back.
+    Transient,
+    /// `conf.webrtc.Disconnected` with `final`: the party was removed.
+    Final,
 }
 
 /// The error for `conf.webrtc.Disconnected`, with the core's reason when it gives one.
@@ -773,7 +850,10 @@ where
 {
     use tokio_tungstenite::tungstenite::Message;
     let (sink, stream) = ws.split();
-    let sink = sink.sink_map_err(|e| e.to_string()).with(|text: String| futures::future::ready(Ok::<_, String>(Message::text(text))));
+    let sink = sink.sink_map_err(|e| e.to_string()).with(|text: String| {
+        let m = if text == KEEPALIVE { Message::Ping(b"callme".to_vec().into()) } else { Message::text(text) };
+        futures::future::ready(Ok::<_, String>(m))
+    });
     let mut ended = false;
     let stream = stream
         .map(|m| match m {
@@ -785,6 +865,7 @@ where
                     None => "close frame without code".into(),
                 },
             }),
+            Ok(Message::Ping(_) | Message::Pong(_)) => Some(Inbound::Alive),
             Ok(_) => None,
             Err(e) => Some(Inbound::Closed { reason: e.to_string() }),
         })

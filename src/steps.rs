@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::audio::AudioSource;
+use crate::audio::{AudioSource, Frame};
 use crate::call::Connected;
 use crate::error::{Cause, Error, JoinError, Result, Stage};
 use crate::media::sdp::{self, OfferFacts};
@@ -30,6 +30,18 @@ pub(crate) struct Join {
     pub(crate) media: Box<dyn MediaEngine>,
     pub(crate) transcript: Transcript,
     media_timeout: Duration,
+    /// The heard audio's channel: made at step 19 of the first join, kept by every rejoin so
+    /// the application's stream goes on.
+    pub(crate) heard: Option<broadcast::Sender<Frame>>,
+}
+
+/// What steps 15–19 leave: the media playing, the party, the facts of both sides.
+pub(crate) struct Joined {
+    pub(crate) join: Join,
+    pub(crate) party: Party,
+    pub(crate) offer: OfferFacts,
+    pub(crate) core: ServUfrag,
+    pub(crate) heard: broadcast::Receiver<Frame>,
 }
 
 impl Join {
@@ -131,7 +143,7 @@ impl MediaReady {
     /// Steps 1–2 with a chosen media layer, recording into `transcript` (pass the party's, see
     /// [`Party::transcript`], to have one record of the whole join).
     pub async fn acquire_with(media: impl MediaEngine + 'static, source: AudioSource, transcript: &Transcript) -> Result<MediaReady> {
-        let mut join = Join { media: Box::new(media), transcript: transcript.clone(), media_timeout: Duration::from_secs(10) };
+        let mut join = Join { media: Box::new(media), transcript: transcript.clone(), media_timeout: Duration::from_secs(10), heard: None };
         join.call(1, "getUserMedia", source.describe());
         let stream = attempt!(
             join,
@@ -310,6 +322,12 @@ impl S2Accepted {
     /// wait for the remote track, attach it to playback (decoded frames, see
     /// [`Connected::next_frame`]).
     pub async fn connect(self) -> Result<Connected, JoinError> {
+        let Joined { join, party, offer, core, heard } = self.connect_parts().await?;
+        Ok(Connected::start(join, party, offer, core, heard))
+    }
+
+    /// Steps 15–19, giving back the parts instead of starting the call.
+    pub(crate) async fn connect_parts(self) -> Result<Joined, JoinError> {
         let S2Accepted { mut join, mut party, offer, core } = self;
         let addr = attempt!(join, party, candidate_addr(&core, party.session.host()).await);
         let answer =
@@ -330,11 +348,140 @@ impl S2Accepted {
         join.returned(18, "ontrack", track);
 
         join.call(19, "play", "decoded 20 ms frames to the application");
-        let (heard_tx, heard) = broadcast::channel(HEARD_QUEUE);
+        let heard_tx = join.heard.get_or_insert_with(|| broadcast::channel(HEARD_QUEUE).0).clone();
+        let heard = heard_tx.subscribe();
         attempt!(join, party, timed(19, "play", join.media_timeout, join.media.play(heard_tx)).await);
-        Ok(Connected::start(join, party, offer, core, heard))
+        Ok(Joined { join, party, offer, core, heard })
     }
 }
+
+/// Steps 3–19 again for a party whose media is already open (a reconnection): the same media
+/// layer, the same local audio and heard stream, a new PeerConnection. The media is lent: on
+/// failure the attempt's clean-up closes only the PeerConnection ([`MediaEngine::restart`]), and
+/// the media layer comes back with the result either way.
+pub(crate) async fn rejoin(
+    media: Box<dyn MediaEngine>,
+    transcript: Transcript,
+    heard: broadcast::Sender<Frame>,
+    party: Party,
+) -> (Box<dyn MediaEngine>, std::result::Result<Joined, JoinError>) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let lent = Lent { inner: Some(media), back: slot.clone() };
+    let join = Join { media: Box::new(lent), transcript, media_timeout: Duration::from_secs(10), heard: Some(heard) };
+    let result = match (MediaReady { join }).call_me_s1(party).await {
+        Ok(s1) => match s1.create_offer().await {
+            Ok(offered) => match offered.call_me_s2().await {
+                Ok(s2) => s2.connect_parts().await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    // Dropping the lending wrapper (with the join it was in) gives the media back.
+    let result = result.map(|mut joined| {
+        joined.join.media = Box::new(Placeholder);
+        joined
+    });
+    let media = slot.lock().unwrap_or_else(|p| p.into_inner()).take().expect("the lent media comes back when its wrapper is dropped");
+    (media, result)
+}
+
+/// A media layer lent to a rejoin: every call goes through, but closing it only restarts it
+/// (the PeerConnection closes, the audio stays), and when dropped it goes back to its slot.
+struct Lent {
+    inner: Option<Box<dyn MediaEngine>>,
+    back: std::sync::Arc<std::sync::Mutex<Option<Box<dyn MediaEngine>>>>,
+}
+
+impl Lent {
+    fn inner(&mut self) -> &mut Box<dyn MediaEngine> {
+        self.inner.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        *self.back.lock().unwrap_or_else(|p| p.into_inner()) = self.inner.take();
+    }
+}
+
+#[async_trait::async_trait]
+impl MediaEngine for Lent {
+    async fn get_user_media(&mut self, source: AudioSource) -> std::result::Result<String, String> {
+        self.inner().get_user_media(source).await
+    }
+    async fn create_peer_connection(&mut self, ice: &[IceServer]) -> std::result::Result<(), String> {
+        self.inner().create_peer_connection(ice).await
+    }
+    async fn create_offer(&mut self) -> std::result::Result<String, String> {
+        self.inner().create_offer().await
+    }
+    async fn set_local_description(&mut self, sdp: &str) -> std::result::Result<(), String> {
+        self.inner().set_local_description(sdp).await
+    }
+    async fn set_remote_description(&mut self, sdp: &str) -> std::result::Result<(), String> {
+        self.inner().set_remote_description(sdp).await
+    }
+    async fn remote_track(&mut self) -> std::result::Result<String, String> {
+        self.inner().remote_track().await
+    }
+    async fn play(&mut self, heard: broadcast::Sender<Frame>) -> std::result::Result<(), String> {
+        self.inner().play(heard).await
+    }
+    async fn set_sending(&mut self, on: bool) -> std::result::Result<(), String> {
+        self.inner().set_sending(on).await
+    }
+    async fn ended(&mut self) -> String {
+        self.inner().ended().await
+    }
+    async fn restart(&mut self) -> std::result::Result<(), String> {
+        self.inner().restart().await
+    }
+    async fn close(&mut self) {
+        let _ = self.inner().restart().await;
+    }
+}
+
+/// The place of a media layer that is elsewhere (lent to a rejoin, or gone back to its owner).
+pub(crate) struct Placeholder;
+
+#[async_trait::async_trait]
+impl MediaEngine for Placeholder {
+    async fn get_user_media(&mut self, _: AudioSource) -> std::result::Result<String, String> {
+        Err(GONE.into())
+    }
+    async fn create_peer_connection(&mut self, _: &[IceServer]) -> std::result::Result<(), String> {
+        Err(GONE.into())
+    }
+    async fn create_offer(&mut self) -> std::result::Result<String, String> {
+        Err(GONE.into())
+    }
+    async fn set_local_description(&mut self, _: &str) -> std::result::Result<(), String> {
+        Err(GONE.into())
+    }
+    async fn set_remote_description(&mut self, _: &str) -> std::result::Result<(), String> {
+        Err(GONE.into())
+    }
+    async fn remote_track(&mut self) -> std::result::Result<String, String> {
+        Err(GONE.into())
+    }
+    async fn play(&mut self, _: broadcast::Sender<Frame>) -> std::result::Result<(), String> {
+        Err(GONE.into())
+    }
+    async fn set_sending(&mut self, _: bool) -> std::result::Result<(), String> {
+        Err(GONE.into())
+    }
+    async fn ended(&mut self) -> String {
+        GONE.into()
+    }
+    async fn restart(&mut self) -> std::result::Result<(), String> {
+        Err(GONE.into())
+    }
+    async fn close(&mut self) {}
+}
+
+const GONE: &str = "the media layer went back to the call";
 
 /// The address of the core's candidate: servufrag's `addr`, else the WebSocket's host; a name is
 /// resolved (IPv4 first).

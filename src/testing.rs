@@ -174,6 +174,7 @@ struct State {
     roster: Option<Vec<PartyData>>,
     resume_token: Option<String>,
     forget_resume: bool,
+    refuse_logins: bool,
     after_load: Vec<Value>,
 }
 
@@ -230,6 +231,12 @@ impl ScriptedCore {
         self.0.lock().unwrap().forget_resume = true;
     }
 
+    /// From now on every login is refused (the account's password was changed meanwhile).
+    pub fn refuse_logins(&self) {
+        self.0.lock().unwrap().accounts.clear();
+        self.0.lock().unwrap().refuse_logins = true;
+    }
+
     /// Events the core sends right after each positive load answer, in order.
     pub fn after_load(self, events: Vec<Value>) -> Self {
         self.0.lock().unwrap().after_load = events;
@@ -284,7 +291,12 @@ impl ScriptedCore {
 
 /// `conf.webrtc.Disconnected` for a party, with the core's reason.
 pub fn disconnected_with_reason(party: u64, reason: &str) -> Value {
-    Disconnected { at: at(party), reason: Some(reason.into()) }.to_event().to_value()
+    Disconnected::transient(at(party), Some(reason.into())).to_event().to_value()
+}
+
+/// `conf.webrtc.Disconnected` for a party that was removed (`final`: it must not come back).
+pub fn removed_event(party: u64, reason: &str) -> Value {
+    Disconnected { at: at(party), reason: Some(reason.into()), final_: true }.to_event().to_value()
 }
 
 /// A `conf.changed` of the scripted conference.
@@ -309,7 +321,7 @@ pub fn conf_changed_event() -> Value {
 
 /// `conf.webrtc.Disconnected` for a party.
 pub fn disconnected_event(party: u64) -> Value {
-    Disconnected { at: at(party), reason: None }.to_event().to_value()
+    Disconnected::transient(at(party), None).to_event().to_value()
 }
 
 fn servdesc() -> ServDesc {
@@ -392,7 +404,7 @@ impl State {
                     let gone = roster.remove(i);
                     let mut after = Vec::new();
                     if target == own {
-                        after.push(disconnected_with_reason(target, "removed from the conference"));
+                        after.push(removed_event(target, "removed from the conference"));
                     }
                     after.push(changed(vec![], vec![], vec![PartyGone { id: gone.id, index: gone.index }]));
                     Outcome { answer: Answer::positive(cmd), after, close: None }
@@ -423,7 +435,7 @@ impl State {
     }
 
     fn login(&mut self, conn: usize, cmd: &Command) -> Outcome {
-        if self.accounts.is_empty() {
+        if self.accounts.is_empty() && !self.refuse_logins {
             return Outcome::answer(Answer::negative(
                 cmd,
                 &Refusal::proto(code::UNKNOWN_QUERY, "query q_cplxLogin: this core has no accounts"),
@@ -501,7 +513,9 @@ impl State {
         let evt_of = |party: u64| followup_event(&name, party).map(|e| e.to_value());
         let mut out: Vec<Option<Value>> = Vec::new(); // None = close the socket
         let ans = ok_answer.to_value();
-        let evt = evt_of(PARTY);
+        // Events go to the connection's own party (a new one after a load the core did not resume).
+        let own = self.conns[conn].party.unwrap_or(PARTY);
+        let evt = evt_of(own);
         let unrelated = [timer_event(), conf_changed_event()];
         match fault {
             None => {

@@ -100,6 +100,11 @@ pub enum What {
         /// The close code and reason, or what ended the connection.
         reason: String,
     },
+    /// The call reconnects: why, each attempt, and the outcome.
+    Reconnect {
+        /// What happens, in words.
+        detail: String,
+    },
 }
 
 /// One line of the transcript.
@@ -123,6 +128,7 @@ impl Entry {
             What::Sent { .. } | What::Call { .. } => "<",
             What::Received { .. } | What::Kept { .. } | What::Returned { .. } | What::Closed { .. } => ">",
             What::Failed { .. } => "!",
+            What::Reconnect { .. } => "~",
         }
     }
 }
@@ -290,6 +296,7 @@ impl Transcript {
                 What::Kept { name, from_step } => (format!("{name} (kept from step {from_step})"), None),
                 What::Failed { error } => (format!("FAILED {error}"), None),
                 What::Closed { reason } => (format!("socket closed: {reason}"), None),
+                What::Reconnect { detail } => (format!("RECONNECT {detail}"), None),
             };
             let step = match e.step {
                 0 => " -".to_owned(),

@@ -974,9 +974,18 @@ pub struct Disconnected {
     pub at: PartyRef,
     /// Why, when the core says (the reference core always does).
     pub reason: Option<String>,
+    /// `final` (an addition of this core, PROTOCOL §9 as implemented): the party was removed
+    /// and must not come back by itself; absent (false) when the end is transient (a media
+    /// timeout, ICE failed), so a client reconnects.
+    pub final_: bool,
 }
 
 impl Disconnected {
+    /// A transient end (the client may reconnect), with the core's reason.
+    pub fn transient(at: PartyRef, reason: Option<String>) -> Self {
+        Disconnected { at, reason, final_: false }
+    }
+
     /// The event's name.
     pub const EVENT: &'static str = "conf.webrtc.Disconnected";
 
@@ -985,6 +994,9 @@ impl Disconnected {
         let mut e = self.at.webrtc_event("Disconnected", None);
         if let (Some(reason), Value::Object(r)) = (&self.reason, &mut e.result) {
             r.insert("reason".into(), Value::from(reason.as_str()));
+        }
+        if let (true, Value::Object(r)) = (self.final_, &mut e.result) {
+            r.insert("final".into(), Value::from(1));
         }
         e
     }
@@ -997,7 +1009,13 @@ impl Disconnected {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(WireError::new("EVT.result.reason", "not a string")),
         };
-        Ok(Disconnected { at: PartyRef::from_result(e)?, reason })
+        let final_ = match e.result.get("final") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1) => n.as_u64() == Some(1),
+            Some(_) => return Err(WireError::new("EVT.result.final", "not 0, 1, true or false")),
+        };
+        Ok(Disconnected { at: PartyRef::from_result(e)?, reason, final_ })
     }
 }
 
@@ -1594,7 +1612,7 @@ mod tests {
         }
 
         for reason in [None, Some("ICE or DTLS failed".to_owned())] {
-            let d = Disconnected { at: at(), reason };
+            let d = Disconnected::transient(at(), reason);
             let e = event_of(&d.to_event().to_frame());
             assert_eq!((e.name().as_str(), e.party()), (Disconnected::EVENT, Some(PartyId(3))));
             assert_eq!(Disconnected::from_event(&e), Ok(d));
@@ -1623,7 +1641,7 @@ mod tests {
 
     #[test]
     fn the_writers_put_members_in_alphabetical_order() {
-        let e = Disconnected { at: at(), reason: None }.to_event().to_frame();
+        let e = Disconnected::transient(at(), None).to_event().to_frame();
         assert_eq!(e, r#"{"EVT":{"evt":"webrtc","evttype":"Disconnected","obj":"conf","result":{"ClusterID":1,"ID":7,"PartyID":3}}}"#);
         let a = Answer::positive(&Command { seq: 2, ..Command::new("conf", "CALLME_S1") }).to_frame();
         assert_eq!(a, r#"{"ANSW":{"cmd":"CALLME_S1","obj":"conf","result":{"code":0},"seq":2}}"#);

@@ -8,7 +8,7 @@ use callme::media::fake::{FakeMedia, FakeProbe};
 use callme::testing::{changed, disconnected_with_reason, values, Fault, ScriptedCore};
 use callme::wire::{PartyData, PartyGone};
 use callme::{
-    AudioSource, CallEvent, Cause, ClusterId, Connected, LoggedIn, Party, PartyId, Render, Resumed, Role, RosterChange, SchemeId, Session,
+    AudioSource, CallEvent, Cause, ClusterId, Connected, LoggedIn, Party, PartyId, ReconnectPolicy, Render, Resumed, Role, RosterChange, SchemeId, Session,
     Stage, Timeouts, Transcript,
 };
 
@@ -32,7 +32,9 @@ fn core() -> ScriptedCore {
 
 fn session(core: &ScriptedCore) -> Session {
     let reopen = core.clone();
-    Session::over(core.transport(), Timeouts::default()).with_host("127.0.0.1").with_reopen(move || {
+    // The call does not reconnect by itself here: these tests resume by hand (tests/reconnect.rs
+    // has the automatic paths).
+    Session::over(core.transport(), Timeouts::default()).with_host("127.0.0.1").with_reconnect(ReconnectPolicy::off()).with_reopen(move || {
         let t = reopen.transport();
         Box::pin(async move { Ok(Session::over(t, Timeouts::default()).with_host("127.0.0.1")) })
     })

@@ -84,7 +84,7 @@ async fn a_reconnect_keeps_the_party_and_replaces_its_media() {
     let a = join(&core, 7, "a", AudioSource::tone(440.0)).await;
     let b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
     let id = a.party_id();
-    let party = a.hang_up().await;
+    let party = a.hang_up().await.expect("the session is still open");
     assert_eq!(party.id(), id);
     let media = RtcMedia::new(RtcOptions::loopback_only());
     let a = party.join_with(media, AudioSource::tone(880.0)).await.expect("the same party joins again");

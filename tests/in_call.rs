@@ -13,7 +13,7 @@ use callme::{
 use tokio::time::Instant;
 
 async fn party(core: &ScriptedCore) -> Party {
-    let session = Session::over(core.transport(), Timeouts::default()).with_host("127.0.0.1");
+    let session = Session::over(core.transport(), Timeouts::default()).with_host("127.0.0.1").with_reconnect(callme::ReconnectPolicy::off());
     session.load(ClusterId(values::CLUSTER), SchemeId(7), "tester").await.expect("loads")
 }
 

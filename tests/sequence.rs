@@ -43,7 +43,7 @@ impl Case {
 async fn join(case: Case) -> (callme::Result<Connected>, Transcript, ScriptedCore, FakeProbe) {
     let Case { core, media, source, host } = case;
     let probe = media.probe();
-    let mut session = Session::over(core.transport(), Timeouts::default());
+    let mut session = Session::over(core.transport(), Timeouts::default()).with_reconnect(callme::ReconnectPolicy::off());
     if host {
         session = session.with_host("127.0.0.1");
     }
@@ -325,7 +325,7 @@ async fn a_disconnected_for_another_party_does_not_end_the_call() {
 #[tokio::test(start_paused = true)]
 async fn hanging_up_tells_the_core_and_gives_the_party_back_for_a_reconnect() {
     let (result, transcript, core, _probe) = join(Case::new()).await;
-    let party = result.expect("connects").hang_up().await;
+    let party = result.expect("connects").hang_up().await.expect("the session is still open");
     assert_eq!(core.received_cmds().last().map(String::as_str), Some("CALLME_BYE"));
     // The same party joins again: a second CALLME_S1 on the same session.
     let (media, _) = FakeMedia::new();

@@ -566,7 +566,7 @@ impl Registry {
         let session = p.session;
         tracing::info!(parent: &tracing::info_span!("party", %conf, id = %party), generation, %reason, "media ended");
         let mut out = vec![Effect::StopMedia { conf, party }];
-        let event = Disconnected { at: PartyRef { cluster, conf, party }, reason: Some(reason.to_owned()) }.to_event();
+        let event = Disconnected::transient(PartyRef { cluster, conf, party }, Some(reason.to_owned())).to_event();
         self.send(&mut out, session, Incoming::Event(event));
         self.tell_update(&mut out, conf, party, before);
         out
@@ -1173,7 +1173,7 @@ impl Registry {
         if let (true, Some(a)) = (own, &answer) {
             self.send(&mut out, session, a.clone());
         }
-        let event = Disconnected { at: PartyRef { cluster, conf, party }, reason: Some(reason) }.to_event();
+        let event = Disconnected { at: PartyRef { cluster, conf, party }, reason: Some(reason), final_: true }.to_event();
         self.send(&mut out, target_session, Incoming::Event(event));
         // The removed party's session hears of it too, though it holds the party no more.
         let still_there = self.confs[&conf].parties.values().any(|p| p.session == target_session && p.id != party);

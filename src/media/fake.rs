@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 
 use super::{IceServer, MediaEngine};
 use crate::audio::{AudioSource, Frame, FRAME_DURATION};
+use crate::stats::StatsCell;
 
 /// The offer the fake PeerConnection creates: what Chromium's offer holds, with fixed values.
 pub const FAKE_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS callme\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:fAkE\r\na=ice-pwd:fakepasswordfakepassword\r\na=ice-options:trickle\r\na=fingerprint:sha-256 0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4:E0:0F:A4\r\na=setup:actpass\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=sendrecv\r\na=msid:callme audio\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=ssrc:2882400001 cname:fakecname\r\n";
@@ -21,6 +22,15 @@ pub struct FakeProbe {
     closed: Arc<AtomicBool>,
     running: Arc<AtomicUsize>,
     muted: Arc<AtomicBool>,
+    /// Set to end the current media session with this reason (`ended` resolves).
+    failure: Arc<Mutex<Option<tokio::sync::watch::Sender<Option<String>>>>>,
+    /// While set, the remote track delivers no packets (frames of silence are still played).
+    silent: Arc<AtomicBool>,
+    /// What the fake's media measured: a packet per frame the remote track delivers.
+    stats: StatsCell,
+    /// Media sessions that end at once with this reason, one per session, in order
+    /// (`ended` resolves as soon as it is awaited).
+    doomed: Arc<Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl FakeProbe {
@@ -40,6 +50,25 @@ impl FakeProbe {
     pub fn running_tasks(&self) -> usize {
         self.running.load(Ordering::SeqCst)
     }
+    /// Ends the current media session with `reason`, as ICE or DTLS failing would.
+    pub fn fail_media(&self, reason: &str) {
+        if let Some(tx) = self.failure.lock().unwrap().as_ref() {
+            let _ = tx.send(Some(reason.to_owned()));
+        }
+    }
+    /// Makes the next `n` media sessions fail as soon as they play, with `reason` (a
+    /// reconnection attempt whose ICE never completes).
+    pub fn fail_next_sessions(&self, n: usize, reason: &str) {
+        self.doomed.lock().unwrap().extend(std::iter::repeat_n(reason.to_owned(), n));
+    }
+    /// Stops (`true`) or resumes the packets of the remote track: the core's media goes silent.
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::SeqCst);
+    }
+    /// What the fake's media measured.
+    pub fn stats(&self) -> StatsCell {
+        self.stats.clone()
+    }
 }
 
 /// The fake media layer.
@@ -51,6 +80,7 @@ pub struct FakeMedia {
     remote_tone: Option<f32>,
     offer: String,
     task: Option<tokio::task::JoinHandle<()>>,
+    failure: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl FakeMedia {
@@ -58,7 +88,15 @@ impl FakeMedia {
     pub fn new() -> (Self, FakeProbe) {
         let probe = FakeProbe::default();
         (
-            FakeMedia { probe: probe.clone(), fail: None, no_track: false, remote_tone: None, offer: FAKE_OFFER.to_owned(), task: None },
+            FakeMedia {
+                probe: probe.clone(),
+                fail: None,
+                no_track: false,
+                remote_tone: None,
+                offer: FAKE_OFFER.to_owned(),
+                task: None,
+                failure: None,
+            },
             probe,
         )
     }
@@ -132,6 +170,10 @@ impl MediaEngine for FakeMedia {
     }
     async fn play(&mut self, heard: broadcast::Sender<Frame>) -> Result<(), String> {
         self.call("play")?;
+        let (fail_tx, fail_rx) = tokio::sync::watch::channel(self.probe.doomed.lock().unwrap().pop_front());
+        *self.probe.failure.lock().unwrap() = Some(fail_tx);
+        self.failure = Some(fail_rx);
+        let (silent, stats) = (self.probe.silent.clone(), self.probe.stats.clone());
         let mut source = match self.remote_tone {
             Some(hz) => AudioSource::tone(hz).open()?,
             None => AudioSource::Silence.open()?,
@@ -150,7 +192,13 @@ impl MediaEngine for FakeMedia {
             let mut tick = tokio::time::interval(FRAME_DURATION);
             loop {
                 tick.tick().await;
-                if heard.send(source.next_frame()).is_err() {
+                let frame = if silent.load(Ordering::SeqCst) {
+                    vec![0; crate::audio::FRAME_SAMPLES]
+                } else {
+                    stats.update(|s| s.received.packets += 1);
+                    source.next_frame()
+                };
+                if heard.send(frame).is_err() {
                     return; // nobody listens any more
                 }
             }
@@ -163,7 +211,28 @@ impl MediaEngine for FakeMedia {
         Ok(())
     }
     async fn ended(&mut self) -> String {
-        std::future::pending::<String>().await
+        let Some(rx) = self.failure.as_mut() else { return std::future::pending::<String>().await };
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(r) => r,
+            None => std::future::pending::<String>().await,
+        }
+    }
+    async fn restart(&mut self) -> Result<(), String> {
+        self.call("restart")?;
+        self.failure = None;
+        *self.probe.failure.lock().unwrap() = None;
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        Ok(())
+    }
+    fn stats(&self) -> Option<StatsCell> {
+        Some(self.probe.stats.clone())
     }
     async fn close(&mut self) {
         self.probe.calls.lock().unwrap().push("close".into());

@@ -54,6 +54,10 @@ pub trait MediaEngine: Send {
     async fn set_sending(&mut self, on: bool) -> Result<(), String>;
     /// In the call: resolves with a reason when the media session ends (ICE or DTLS failed, closed).
     async fn ended(&mut self) -> String;
+    /// For a reconnection: closes the PeerConnection and stops its tasks, but keeps the local
+    /// audio (still read every 20 ms, so a pushed source keeps feeding and nothing backs up)
+    /// and the heard stream, so steps 6–19 can run again on this engine; idempotent.
+    async fn restart(&mut self) -> Result<(), String>;
     /// Closes the PeerConnection and stops every task; idempotent.
     async fn close(&mut self);
     /// Where the media layer keeps its measurements, if it measures (the fake does not).

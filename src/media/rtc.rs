@@ -78,7 +78,12 @@ pub struct RtcMedia {
     state: Option<watch::Receiver<RTCPeerConnectionState>>,
     /// Set by the reader task when reading the remote track fails (not a clean close).
     reader: (watch::Sender<Option<String>>, watch::Receiver<Option<String>>),
+    /// The tasks of the current PeerConnection.
     tasks: Vec<JoinHandle<()>>,
+    /// The task that reads the local audio and encodes it every 20 ms, from the first step 19
+    /// until [`RtcMedia::close`] (it outlives reconnections), and where it sends: the current
+    /// PeerConnection's track, or nowhere.
+    pump: Option<(watch::Sender<Option<Arc<TrackLocalStaticSample>>>, JoinHandle<()>)>,
     /// Whether the local audio is sent (else silence frames are).
     sending: Arc<AtomicBool>,
     /// What the media measures.
@@ -141,6 +146,7 @@ impl RtcMedia {
             state: None,
             reader: watch::channel(None),
             tasks: Vec::new(),
+            pump: None,
             sending: Arc::new(AtomicBool::new(true)),
             stats: StatsCell::new(),
         }
@@ -269,34 +275,32 @@ impl MediaEngine for RtcMedia {
     async fn play(&mut self, heard: broadcast::Sender<Frame>) -> Result<(), String> {
         let remote = self.remote.clone().ok_or("no remote track (step 18 did not run)")?;
         let track = self.track.clone().ok_or("no local track (step 6 did not run)")?;
-        let mut local = self.local.take().ok_or("no local audio (steps 1–2 did not run)")?;
-        let mut encoder = opus_codec::Encoder::new()?;
-        let mut decoder = opus_codec::Decoder::new()?;
-        let sending = self.sending.clone();
-
-        self.tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FRAME_DURATION);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let silence = vec![0i16; crate::audio::FRAME_SAMPLES];
-            loop {
-                tick.tick().await;
-                // The source is read either way, so it stays in time; muted, silence is sent.
-                let frame = local.next_frame();
-                let frame = if sending.load(Ordering::Relaxed) { &frame } else { &silence };
-                let Ok(packet) = encoder.encode(frame) else { continue };
-                let sample = Sample { data: Bytes::from(packet), duration: FRAME_DURATION, ..Default::default() };
-                if track.write_sample(&sample).await.is_err() {
-                    break;
-                }
+        match &self.pump {
+            Some((to, _)) => {
+                let _ = to.send(Some(track));
             }
-        }));
+            None => {
+                let local = self.local.take().ok_or("no local audio (steps 1–2 did not run)")?;
+                let (to, from) = watch::channel(Some(track));
+                let task = tokio::spawn(pump(local, opus_codec::Encoder::new()?, self.sending.clone(), from));
+                self.pump = Some((to, task));
+            }
+        }
+        let mut decoder = opus_codec::Decoder::new()?;
 
         let reader = self.reader.0.clone();
+        let stats = self.stats.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut last_seq: Option<u16> = None;
             loop {
                 let packet = match remote.read_rtp().await {
-                    Ok((packet, _)) => packet,
+                    Ok((packet, _)) => {
+                        stats.update(|s| {
+                            s.received.packets += 1;
+                            s.received.bytes += packet.payload.len() as u64;
+                        });
+                        packet
+                    }
                     Err(e) => {
                         // A reader that dies is the end of the call, reported at once.
                         if let Some(reason) = super::guard::reader_failure(&e) {
@@ -365,9 +369,12 @@ impl MediaEngine for RtcMedia {
         Some(self.stats.clone())
     }
 
-    async fn close(&mut self) {
+    async fn restart(&mut self) -> Result<(), String> {
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some((to, _)) = &self.pump {
+            let _ = to.send(None);
         }
         if let Some(pc) = self.pc.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
@@ -375,6 +382,16 @@ impl MediaEngine for RtcMedia {
         self.track = None;
         self.remote = None;
         self.remote_rx = None;
+        self.state = None;
+        self.reader = watch::channel(None);
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        let _ = self.restart().await;
+        if let Some((_, task)) = self.pump.take() {
+            task.abort();
+        }
     }
 }
 
@@ -385,10 +402,33 @@ impl RtcMedia {
     }
 }
 
+/// Reads the local audio every 20 ms and sends it, encoded, on the current track (while there
+/// is one: between PeerConnections the frames are read and dropped, so the source stays in
+/// time and a pushed source never backs up).
+async fn pump(mut local: LocalAudio, mut encoder: opus_codec::Encoder, sending: Arc<AtomicBool>, mut to: watch::Receiver<Option<Arc<TrackLocalStaticSample>>>) {
+    let mut tick = tokio::time::interval(FRAME_DURATION);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silence = vec![0i16; crate::audio::FRAME_SAMPLES];
+    loop {
+        tick.tick().await;
+        // The source is read either way, so it stays in time; muted, silence is sent.
+        let frame = local.next_frame();
+        let Some(track) = to.borrow_and_update().clone() else { continue };
+        let frame = if sending.load(Ordering::Relaxed) { &frame } else { &silence };
+        let Ok(packet) = encoder.encode(frame) else { continue };
+        let sample = Sample { data: Bytes::from(packet), duration: FRAME_DURATION, ..Default::default() };
+        // A closed track is the end of its PeerConnection, not of the pump.
+        let _ = track.write_sample(&sample).await;
+    }
+}
+
 impl Drop for RtcMedia {
     fn drop(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some((_, task)) = self.pump.take() {
+            task.abort();
         }
         if let Some(pc) = self.pc.take() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {

@@ -1,6 +1,8 @@
 //! Life in the conference on the command line: the roster when one is in, each change as it
 //! happens, chat lines, and a console of slash commands on stdin.
 
+use std::time::Duration;
+
 use callme::{CallEvent, Connected, Member, Roster, RosterChange};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -53,13 +55,122 @@ pub fn describe(e: &CallEvent) -> Option<String> {
             other => format!("roster: {other:?}"),
         },
         CallEvent::Chat(m) => format!("[chat] {}: {}", if m.username.is_empty() { "someone" } else { &m.username }, m.msg),
-        CallEvent::Clock { .. } => return None,
+        CallEvent::Clock { .. } | CallEvent::Stats(_) => return None,
+        CallEvent::Reconnecting { cause, attempt } => format!("reconnecting (attempt {attempt}): {cause}"),
+        CallEvent::Reconnected { outage, attempts, party } => {
+            format!("back in the call as party {} after {} ms without audio ({attempts} attempt(s))", party.0, outage.as_millis())
+        }
         CallEvent::Core(e) => format!("event {}", e.name()),
         CallEvent::Malformed(w) => format!("a frame from the core could not be read: {w}"),
         CallEvent::Lagged { missed } => format!("{missed} events were missed"),
         CallEvent::Ended(e) => format!("the call ended: {e}"),
         other => format!("{other:?}"),
     })
+}
+
+/// What `callme join` heard in its window.
+pub struct Window {
+    /// Every frame heard, in order.
+    pub heard: Vec<i16>,
+    /// The window's length.
+    pub length: Duration,
+    /// 20 ms frames with sound in them (at least `SOUND_DBFS`).
+    pub frames_with_sound: usize,
+    /// The reconnections, each with its outage.
+    pub outages: Vec<Duration>,
+    /// Set when the window ended while the call was reconnecting: since how long.
+    pub reconnecting_since: Option<Duration>,
+}
+
+impl Window {
+    /// One line: how much of the window had audio, and the outages.
+    pub fn summary(&self) -> String {
+        let frames = (self.length.as_secs_f64() * 50.0).round().max(1.0);
+        let share = self.frames_with_sound as f64 / frames;
+        let outages = match self.outages.len() {
+            0 => "no outage".to_owned(),
+            n => {
+                let total: Duration = self.outages.iter().sum();
+                format!("{n} outage(s), {} ms in all", total.as_millis())
+            }
+        };
+        format!(
+            "sound in {:.1}% of the {:.1} s window ({} of {frames:.0} frames), {outages}",
+            share * 100.0,
+            self.length.as_secs_f64(),
+            self.frames_with_sound
+        )
+    }
+}
+
+/// Listens for `length` through outages, printing each event as it comes (and the stats once
+/// a second with `stats`); an error when the call ends before the window does.
+pub async fn listen_through(call: &Connected, length: Duration, stats: bool) -> Result<Window, callme::Error> {
+    call.skip_heard().await;
+    let deadline = tokio::time::Instant::now() + length;
+    let mut w = Window { heard: Vec::new(), length, frames_with_sound: 0, outages: Vec::new(), reconnecting_since: None };
+    let mut lost_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            f = call.next_frame() => match f {
+                Some(f) => {
+                    if callme::stats::level_dbfs(&f) >= crate::steps::SOUND_DBFS {
+                        w.frames_with_sound += 1;
+                    }
+                    w.heard.extend_from_slice(&f);
+                }
+                None => return Err(call.ended().await),
+            },
+            e = call.next_event() => match e {
+                Some(CallEvent::Stats(s)) => {
+                    if stats {
+                        println!("  {}", stats_line(&s));
+                    }
+                }
+                Some(CallEvent::Reconnecting { cause, attempt }) => {
+                    lost_at.get_or_insert_with(tokio::time::Instant::now);
+                    println!("  reconnecting (attempt {attempt}): {cause}");
+                }
+                Some(CallEvent::Reconnected { outage, attempts, party }) => {
+                    lost_at = None;
+                    w.outages.push(outage);
+                    println!("  back in the call as party {} after {} ms without audio ({attempts} attempt(s))", party.0, outage.as_millis());
+                }
+                Some(CallEvent::Ended(e)) => return Err(e),
+                Some(e) => {
+                    if let Some(line) = describe(&e) {
+                        println!("  {line}");
+                    }
+                }
+                None => return Err(call.ended().await),
+            },
+        }
+    }
+    w.reconnecting_since = lost_at.map(|t| t.elapsed());
+    Ok(w)
+}
+
+/// One line of stats.
+pub fn stats_line(s: &callme::CallStats) -> String {
+    let r = &s.received;
+    let rtt = s.sent.round_trip.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()));
+    format!(
+        "stats {:>5.1} s: in {} pkts ({} lost, {} FEC, {} concealed, {} late, {} dup), jitter {} ms, buffer {} ms; out {} pkts; rtt {rtt}; level in {:.0} / out {:.0} dBFS; expected loss {}%",
+        s.elapsed.as_secs_f64(),
+        r.packets,
+        r.lost,
+        r.recovered_fec,
+        r.concealed,
+        r.late,
+        r.duplicates,
+        r.jitter.as_millis(),
+        r.buffer_delay.as_millis(),
+        s.sent.packets,
+        r.level_dbfs,
+        s.sent.level_dbfs,
+        s.sent.expected_loss_percent,
+    )
 }
 
 /// Prints every event as it comes, until the call ends.

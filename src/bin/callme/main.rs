@@ -80,9 +80,13 @@ struct JoinArgs {
     /// Send silence.
     #[arg(long)]
     silent: bool,
-    /// How long to stay in the call and listen.
+    /// How long to stay in the call and listen, through outages (the call reconnects by
+    /// itself); the exit code is 0 only if it is in the call at the end.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Print a line of the call's stats every second.
+    #[arg(long)]
+    stats: bool,
     /// Write what was heard to this WAV file.
     #[arg(long)]
     record: Option<PathBuf>,
@@ -189,20 +193,17 @@ async fn join(a: JoinArgs) -> ExitCode {
         }
         let listen = Duration::from_secs_f64(a.seconds.max(0.0));
         println!("  listening for {:.1} s ...", listen.as_secs_f64());
-        let listening = async {
-            match &a.record {
-                Some(path) => call.record(listen, path).await,
-                None => call.listen(listen).await,
-            }
-        };
-        // Each change of the conference is printed as it happens while the call is heard.
-        let heard = tokio::select! {
-            heard = listening => heard?,
-            _ = life::print_events(&call) => return Err(call.ended().await),
-        };
-        println!("  {} hears: {}", a.name, steps::describe_heard(&heard));
+        let window = life::listen_through(&call, listen, a.stats).await?;
+        println!("  {} hears: {}", a.name, steps::describe_heard(&window.heard));
+        println!("  {}", window.summary());
         if let Some(path) = &a.record {
+            callme::audio::write_wav(path, &window.heard).map_err(|reason| Error::new(Stage::InCall, callme::Cause::Invalid { reason }))?;
             println!("  recorded to {}", path.display());
+        }
+        if let Some(since) = window.reconnecting_since {
+            let reason = format!("not in the call at the end: reconnecting for the last {} ms", since.as_millis());
+            call.leave().await;
+            return Err(Error::new(Stage::InCall, callme::Cause::Disconnected { reason }));
         }
         call.leave().await;
         Ok(())

@@ -71,12 +71,20 @@ pub async fn join(
 
 /// The dominant frequencies of what was heard, for people.
 pub fn describe_heard(heard: &[i16]) -> String {
-    let peaks = callme::audio::dominant_frequencies(heard, 4);
-    if peaks.is_empty() {
-        return format!("silence ({} ms)", heard.len() / 48);
+    let ms = heard.len() / 48;
+    let level = callme::stats::level_dbfs(heard);
+    if level < SOUND_DBFS {
+        return format!("silence ({ms} ms)");
     }
-    let mut peaks = peaks;
+    let mut peaks = callme::audio::dominant_frequencies(heard, 4);
+    // Steady tones hold most of the power at a few frequencies; speech and noise do not.
+    if peaks.iter().map(|p| p.1).sum::<f64>() < 0.5 {
+        return format!("sound at {level:.0} dBFS without a steady tone (speech or noise) in {ms} ms of audio");
+    }
     peaks.sort_by(|a, b| a.0.total_cmp(&b.0));
     let list: Vec<String> = peaks.iter().map(|(hz, share)| format!("{hz:.0} Hz ({:.0}%)", share * 100.0)).collect();
-    format!("{} in {} ms of audio", list.join(", "), heard.len() / 48)
+    format!("{} in {ms} ms of audio", list.join(", "))
 }
+
+/// A frame at least this loud (RMS, dBFS) holds sound; quieter is silence.
+pub const SOUND_DBFS: f32 = -50.0;
