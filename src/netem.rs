@@ -19,10 +19,10 @@
 //!
 //! # The emulator
 //!
-//! Each direction ([`Direction::ToCore`], [`Direction::ToClients`]) has an [`Impairment`] and a
-//! [`Model`] of it. The model is pure: no clock, no IO. It is told when a datagram arrives
-//! (milliseconds since the impairment was set) and answers a [`Decision`]: dropped, with its
-//! [`DropCause`], or delivered at a time, once or twice. The relay feeds it the real arrival
+//! Each direction ([`Direction::ToCore`], [`Direction::ToClients`]) has an [`Impairment`], and
+//! each client's path a [`Model`] of it. The model is pure: no clock, no IO. It is told when a
+//! datagram arrives (milliseconds since the impairment was set) and answers a [`Decision`]:
+//! dropped, with its [`DropCause`], or delivered at a time, once or twice. The relay feeds it the real arrival
 //! times and carries its answers out. The knobs, in the order they act:
 //!
 //! | knob | what it does |
@@ -50,15 +50,17 @@
 //! ## Determinism
 //!
 //! All random choices come from a small self-contained generator seeded by
-//! [`Impairment::seed`] and the direction, one generator per knob, each drawing the same number
+//! [`Impairment::seed`] and the path (below), one generator per knob, each drawing the same number
 //! of values for every datagram. So the model gives the same decisions for the same seed and the
 //! same arrival times, and one knob's pattern does not change when another is turned on (10 %
 //! loss drops the same datagrams with or without jitter). A relay's arrival times are real, so
 //! a run over it is replayable only as far as its traffic's timing is: to replay a pattern
 //! exactly, feed a [`Model`] the times.
 //!
-//! All clients share each direction's model (it is the link between the NAT and the core), and
-//! the model counts in milliseconds.
+//! Each client's path has a model of its own in each direction (so bursts and reordering are
+//! those of one path, not of several clients' datagrams interleaved), all with the direction's
+//! impairment: the `k`-th client the relay sees gets streams `2k` (towards the core) and `2k + 1`
+//! (towards it) of the seed. Models count in milliseconds.
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
@@ -155,13 +157,52 @@ impl Counters {
 /// this is over a minute of delay for a conference of a few parties.
 pub const MAX_QUEUED: usize = 4096;
 
-/// One direction's impairment, on its own clock.
+/// One direction's impairment, on its own clock, with a model for each client's path.
 struct Link {
-    model: Model,
-    /// Time zero of the model's clock: when its impairment was set.
+    /// The impairment set, with the blackouts added since.
+    impairment: Impairment,
+    /// Time zero of the models' clock: when the impairment was set.
     epoch: Instant,
     /// The arrival order, which settles datagrams due at the same time.
     seq: u64,
+    /// Each client's path in this direction.
+    paths: HashMap<SocketAddr, Model>,
+}
+
+impl Link {
+    fn new(impairment: Impairment, epoch: Instant) -> Link {
+        Link { impairment, epoch, seq: 0, paths: HashMap::new() }
+    }
+
+    /// Milliseconds from the epoch to `t`.
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Both directions, and the clients in the order first seen.
+struct Links {
+    dirs: [Link; 2],
+    /// Each client's place in the order the relay first saw it, which gives its models' streams.
+    order: HashMap<SocketAddr, u64>,
+}
+
+impl Links {
+    /// The stream of client `k`'s model in `dir`: every path of the relay decides independently.
+    fn stream(k: u64, dir: Direction) -> u64 {
+        k.wrapping_mul(2).wrapping_add(dir.index() as u64)
+    }
+
+    /// Sets `dir`'s impairment, its clock starting at `now`, for every path.
+    fn set(&mut self, dir: Direction, impairment: Impairment, now: Instant) {
+        let link = &mut self.dirs[dir.index()];
+        for (client, model) in link.paths.iter_mut() {
+            let k = self.order.get(client).copied().unwrap_or_default();
+            *model = Model::with_stream(impairment.clone(), Links::stream(k, dir));
+        }
+        link.impairment = impairment;
+        link.epoch = now;
+    }
 }
 
 /// A datagram waiting for its time.
@@ -206,25 +247,29 @@ struct Inner {
     mappings: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     counters: Counters,
-    links: [Mutex<Link>; 2],
+    links: Mutex<Links>,
     queues: [mpsc::Sender<Scheduled>; 2],
 }
 
 impl Inner {
-    /// Carries one datagram towards `dest` through `dir`'s impairment: dropped, sent now, or
-    /// queued for its time.
-    async fn forward(&self, dir: Direction, datagram: &[u8], socket: &Arc<UdpSocket>, dest: SocketAddr) {
+    /// Carries one datagram of `client`'s towards `dest` through `dir`'s impairment: dropped,
+    /// sent now, or queued for its time.
+    async fn forward(&self, dir: Direction, client: SocketAddr, datagram: &[u8], socket: &Arc<UdpSocket>, dest: SocketAddr) {
         let now = Instant::now();
         let (decision, arrival_ms, due, seq, delaying) = {
-            let mut link = lock(&self.links[dir.index()]);
-            let arrival_ms = u64::try_from(now.saturating_duration_since(link.epoch).as_millis()).unwrap_or(u64::MAX);
-            let decision = link.model.handle_datagram(arrival_ms);
+            let mut links = lock(&self.links);
+            let next = links.order.len() as u64;
+            let k = *links.order.entry(client).or_insert(next);
+            let link = &mut links.dirs[dir.index()];
+            let arrival_ms = link.ms(now);
+            let model = link.paths.entry(client).or_insert_with(|| Model::with_stream(link.impairment.clone(), Links::stream(k, dir)));
+            let decision = model.handle_datagram(arrival_ms);
             link.seq += 1;
             let due = match decision {
                 Decision::Deliver(d) => link.epoch.checked_add(Duration::from_millis(d.at_ms)),
                 Decision::Drop(_) => None,
             };
-            (decision, arrival_ms, due, link.seq, link.model.impairment().is_delaying())
+            (decision, arrival_ms, due, link.seq, link.impairment.is_delaying())
         };
         let c = &self.counters;
         let delivery = match decision {
@@ -287,7 +332,7 @@ pub struct Relay {
 impl Relay {
     /// Listens on `public` (for example `127.0.0.2:P`) and forwards to `target` (the core's media
     /// socket) from inside sockets bound on `inside_ip` (for example `127.0.0.3`), with
-    /// `impairment` in both directions (each direction its own stream of the seed).
+    /// `impairment` in both directions (each client's path, each way, its own stream of the seed).
     pub async fn start(public: SocketAddr, inside_ip: IpAddr, target: SocketAddr, impairment: Impairment) -> io::Result<Relay> {
         for ip in [public.ip(), inside_ip, target.ip()] {
             if !ip.is_loopback() {
@@ -296,7 +341,6 @@ impl Relay {
         }
         let public = Arc::new(UdpSocket::bind(public).await?);
         let now = Instant::now();
-        let link = |dir: Direction| Mutex::new(Link { model: Model::with_stream(impairment.clone(), dir.index() as u64), epoch: now, seq: 0 });
         let (to_core, from_core) = mpsc::channel(MAX_QUEUED);
         let (to_clients, from_clients) = mpsc::channel(MAX_QUEUED);
         let inner = Arc::new(Inner {
@@ -306,7 +350,7 @@ impl Relay {
             mappings: Mutex::default(),
             tasks: Mutex::default(),
             counters: Counters::default(),
-            links: [link(Direction::ToCore), link(Direction::ToClients)],
+            links: Mutex::new(Links { dirs: [Link::new(impairment.clone(), now), Link::new(impairment, now)], order: HashMap::new() }),
             queues: [to_core, to_clients],
         });
         let tasks = [
@@ -329,8 +373,8 @@ impl Relay {
         map.iter().filter_map(|(c, s)| Some((*c, s.local_addr().ok()?))).collect()
     }
 
-    /// Replaces the impairment in both directions (each direction its own stream of the seed),
-    /// blackouts started by [`Relay::blackout`] included. Its clock starts now: its
+    /// Replaces the impairment in both directions for every client's path (each its own stream
+    /// of the seed), blackouts started by [`Relay::blackout`] included. Its clock starts now: its
     /// [`Impairment::blackouts`] count from this call. Datagrams already waiting keep their time.
     pub fn set_impairment(&self, impairment: Impairment) {
         for dir in Direction::BOTH {
@@ -340,15 +384,13 @@ impl Relay {
 
     /// Replaces the impairment in one direction, as [`Relay::set_impairment`] does in both.
     pub fn set_impairment_one_way(&self, dir: Direction, impairment: Impairment) {
-        let mut link = lock(&self.inner.links[dir.index()]);
-        link.model = Model::with_stream(impairment, dir.index() as u64);
-        link.epoch = Instant::now();
+        lock(&self.inner.links).set(dir, impairment, Instant::now());
     }
 
     /// The impairment in `dir`, blackouts added by [`Relay::blackout`] included (on the clock of
     /// the last [`Relay::set_impairment`]).
     pub fn impairment(&self, dir: Direction) -> Impairment {
-        lock(&self.inner.links[dir.index()]).model.impairment().clone()
+        lock(&self.inner.links).dirs[dir.index()].impairment.clone()
     }
 
     /// Drops every datagram, both ways, from now for `len`; the rest of the impairment stays.
@@ -360,9 +402,16 @@ impl Relay {
 
     /// Drops every datagram going `dir`-wards from now for `len`.
     pub fn blackout_one_way(&self, dir: Direction, len: Duration) {
-        let mut link = lock(&self.inner.links[dir.index()]);
-        let start = u64::try_from(Instant::now().saturating_duration_since(link.epoch).as_millis()).unwrap_or(u64::MAX);
-        link.model.blackout(start, u64::try_from(len.as_millis()).unwrap_or(u64::MAX));
+        let mut links = lock(&self.inner.links);
+        let link = &mut links.dirs[dir.index()];
+        let start = link.ms(Instant::now());
+        let len = u64::try_from(len.as_millis()).unwrap_or(u64::MAX);
+        // Kept in the impairment for paths not seen yet; blackouts that are over are forgotten.
+        link.impairment.blackouts.retain(|b| b.start_ms.saturating_add(b.len_ms) > start);
+        link.impairment.blackouts.push(Blackout { start_ms: start, len_ms: len });
+        for model in link.paths.values_mut() {
+            model.blackout(start, len);
+        }
     }
 
     /// Sends `datagram` to the core from `client`'s inside address, as if the client sent it.
@@ -415,7 +464,7 @@ impl Relay {
                     continue;
                 }
             };
-            inner.forward(Direction::ToCore, &buf[..n], &socket, inner.target).await;
+            inner.forward(Direction::ToCore, client, &buf[..n], &socket, inner.target).await;
         }
     }
 
@@ -463,7 +512,7 @@ impl Relay {
                 if from != relay.target {
                     continue;
                 }
-                relay.forward(Direction::ToClients, &buf[..n], &relay.public, client).await;
+                relay.forward(Direction::ToClients, client, &buf[..n], &relay.public, client).await;
             }
         });
         lock(&inner.tasks).push(task);
