@@ -166,9 +166,9 @@ async fn after_a_two_second_blackout_the_other_party_is_heard_again() {
     relay.blackout(BLACKOUT);
     let heard = hear(&a, BLACKOUT + AFTER, B_HZ, A_HZ).await;
 
-    // Frames still in flight when the link went dark (and a jitter buffer's concealment) may
-    // hold the tone for a little while; from half a second in, nothing can.
-    let dark: Vec<&Heard> = heard.iter().filter(|h| h.at >= Duration::from_millis(500) && h.at < BLACKOUT).collect();
+    // Frames still in flight when the link went dark, and what a jitter buffer held and
+    // conceals after them, may hold the tone for a while; from 800 ms in, nothing can.
+    let dark: Vec<&Heard> = heard.iter().filter(|h| h.at >= Duration::from_millis(800) && h.at < BLACKOUT).collect();
     let back = heard.iter().find(|h| h.at >= BLACKOUT && h.good).map(|h| h.at - BLACKOUT);
     let last: Vec<Heard> = heard.iter().copied().filter(|h| h.at >= BLACKOUT + AFTER - Duration::from_secs(1)).collect();
     let fl = Figures::of(&last, Duration::from_secs(1));
