@@ -350,7 +350,7 @@
 //! | [`spec`] | the seed's table as data, and the checker |
 //! | [`audio`] | sources, WAV, Opus, tone analysis |
 //! | [`testing`] | a scripted core for sequence tests |
-//! | `netem` (feature `core`) | a UDP relay on loopback for tests: a 1:1 NAT in front of the core, with injection |
+//! | `netem` (feature `core`) | a UDP relay on loopback for tests: a 1:1 NAT in front of the core, with injection and a seeded network emulator (loss, bursts, jitter, reordering, duplication, blackouts) |
 //! | `core` (feature `core`) | the reference core: the server side with real media |
 //!
 //! ## Panics, errors and peer input
