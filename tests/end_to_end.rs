@@ -106,10 +106,15 @@ async fn a_core_stopped_mid_call_is_reported_precisely() {
     let _b = join(&core, 7, "b", AudioSource::tone(660.0)).await;
     a.listen(Duration::from_millis(300)).await.unwrap();
     core.stop().await;
-    let err = a.listen(Duration::from_secs(10)).await.expect_err("the call ends");
+    // The call tries to come back (the core stays down), then ends naming the cause and each
+    // attempt.
+    let err = a.listen(Duration::from_secs(60)).await.expect_err("the call ends");
     assert_eq!(err.stage, callme::Stage::InCall);
     let text = err.to_string();
     assert!(text.contains("close code 1001") && text.contains("the core is stopping"), "{text}");
+    let callme::Cause::ReconnectFailed { attempts, .. } = &err.cause else { panic!("{text}") };
+    assert_eq!(attempts.len(), callme::ReconnectPolicy::default().max_attempts as usize, "{text}");
+    assert!(attempts.iter().all(|a| a.contains("opening the WebSocket")), "{text}");
 }
 
 mod by_hand {
