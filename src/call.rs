@@ -519,6 +519,9 @@ impl Connected {
     }
 }
 
+/// A stop of the media packets at least this long is an outage in the stats.
+const GAP: Duration = Duration::from_millis(250);
+
 /// Why the in-call loop stopped.
 enum Stop {
     /// The application hung up (`detached`: it dropped its `Connected` instead).
@@ -616,7 +619,7 @@ impl CallTask {
         let mut keepalive = every(policy.socket_silence / 3);
         let mut watchdog = every(Duration::from_millis(250));
         let mut report = every(Duration::from_secs(1));
-        let (mut packets, mut since) = (self.stats.snapshot().received.packets, Instant::now());
+        let (mut packets, mut since, mut gap) = (self.stats.snapshot().received.packets, Instant::now(), false);
         loop {
             let party = self.party.as_mut().expect("checked above; only a reconnection takes it");
             tokio::select! {
@@ -658,8 +661,16 @@ impl CallTask {
                 _ = watchdog.tick() => {
                     let now = self.stats.snapshot().received.packets;
                     if now != packets {
+                        if gap {
+                            self.stats.outage_ended(started.elapsed());
+                            gap = false;
+                        }
                         (packets, since) = (now, Instant::now());
-                    } else if policy.enabled && since.elapsed() >= policy.media_silence {
+                    } else if !gap && since.elapsed() >= GAP {
+                        self.stats.outage_started(since.saturating_duration_since(started), "media gap");
+                        gap = true;
+                    }
+                    if now == packets && policy.enabled && since.elapsed() >= policy.media_silence {
                         let after = since.elapsed();
                         let e = Error::new(Stage::InCall, Cause::Disconnected { reason: format!("no media from the core for {} ms", after.as_millis()) });
                         return Stop::Lost(ReconnectCause::MediaSilent { after }, e);

@@ -69,8 +69,8 @@ pub struct Outage {
     pub at: Duration,
     /// How long it lasted (until audio was heard again); `None` while it goes on.
     pub length: Option<Duration>,
-    /// What it was: `"media gap"` for a stop in the packets that came back by itself, or the
-    /// reconnection's cause.
+    /// What it was: `"media gap"` for a stop in the packets of at least 250 ms that ended by
+    /// itself, or the reconnection's cause (`"media silent"`, `"socket lost"`, ...).
     pub kind: String,
 }
 
@@ -113,9 +113,15 @@ impl StatsCell {
         f(&mut self.lock())
     }
 
-    /// Records the start of an outage, ended by [`StatsCell::outage_ended`].
+    /// Records the start of an outage, ended by [`StatsCell::outage_ended`]. While the newest
+    /// is still open it goes on, under the new kind (a media gap that turns into a
+    /// reconnection is one outage).
     pub fn outage_started(&self, at: Duration, kind: impl Into<String>) {
         let mut s = self.lock();
+        if let Some(open) = s.outages.last_mut().filter(|o| o.length.is_none()) {
+            open.kind = kind.into();
+            return;
+        }
         if s.outages.len() == MAX_OUTAGES {
             s.outages.remove(0);
         }
@@ -154,10 +160,14 @@ mod tests {
         let cell = StatsCell::new();
         cell.outage_started(Duration::from_secs(1), "media gap");
         assert_eq!(cell.snapshot().outages[0].length, None);
+        cell.outage_started(Duration::from_secs(3), "media silent");
+        assert_eq!(cell.snapshot().outages.len(), 1, "an open outage goes on under the new kind");
+        assert_eq!(cell.snapshot().outages[0].kind, "media silent");
         assert_eq!(cell.outage_ended(Duration::from_millis(3500)), Some(Duration::from_millis(2500)));
         assert_eq!(cell.outage_ended(Duration::from_secs(4)), None);
         for i in 0..100 {
             cell.outage_started(Duration::from_secs(i), "x");
+            cell.outage_ended(Duration::from_secs(i));
         }
         let s = cell.snapshot();
         assert_eq!(s.outages.len(), MAX_OUTAGES);
