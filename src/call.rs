@@ -768,7 +768,7 @@ impl CallTask {
                 _ = hang.changed() => return Err(None),
                 r = async {
                     tokio::time::sleep(wait).await;
-                    self.attempt(&mut needs_session).await
+                    self.attempt(&mut needs_session, policy.attempt_media_timeout).await
                 } => r,
             };
             match attempt_result {
@@ -794,7 +794,7 @@ impl CallTask {
 
     /// One attempt: a new session when needed (resume by token, or a fresh load), then the
     /// media again on it.
-    async fn attempt(&mut self, needs_session: &mut bool) -> Result<Joined> {
+    async fn attempt(&mut self, needs_session: &mut bool, media_bound: Duration) -> Result<Joined> {
         if *needs_session || self.party.as_ref().is_none_or(|p| p.session.is_closed()) {
             let resume = self.current.lock().unwrap_or_else(|p| p.into_inner()).resume.clone();
             self.party = None;
@@ -809,7 +809,7 @@ impl CallTask {
         let party = self.party.take().expect("a session was opened above");
         let heard = self.join.heard.clone().expect("the first join made the heard stream");
         let media = std::mem::replace(&mut self.join.media, Box::new(steps::Placeholder));
-        let (media, result) = steps::rejoin(media, self.join.transcript.clone(), heard, party).await;
+        let (media, result) = steps::rejoin(media, self.join.transcript.clone(), heard, party, media_bound).await;
         self.join.media = media;
         match result {
             Ok(joined) => Ok(joined),

@@ -46,6 +46,10 @@ pub struct ReconnectPolicy {
     /// Nothing at all on the WebSocket (no frame, ping or pong) for this long counts as a lost
     /// socket. The SDK pings every third of it.
     pub socket_silence: Duration,
+    /// The longest an attempt waits for a media step (the remote track, above all): ICE
+    /// gives up on a path that stays dark after a few seconds, so an attempt made during a
+    /// blackout is cut short and the next one starts on time.
+    pub attempt_media_timeout: Duration,
 }
 
 impl Default for ReconnectPolicy {
@@ -58,6 +62,7 @@ impl Default for ReconnectPolicy {
             jitter: 0.2,
             media_silence: Duration::from_secs(3),
             socket_silence: Duration::from_secs(6),
+            attempt_media_timeout: Duration::from_secs(4),
         }
     }
 }

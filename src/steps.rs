@@ -33,6 +33,8 @@ pub(crate) struct Join {
     /// The heard audio's channel: made at step 19 of the first join, kept by every rejoin so
     /// the application's stream goes on.
     pub(crate) heard: Option<broadcast::Sender<Frame>>,
+    /// A bound on the session's media timeout (a reconnection's attempt waits less).
+    pub(crate) media_bound: Option<Duration>,
 }
 
 /// What steps 15–19 leave: the media playing, the party, the facts of both sides.
@@ -143,7 +145,7 @@ impl MediaReady {
     /// Steps 1–2 with a chosen media layer, recording into `transcript` (pass the party's, see
     /// [`Party::transcript`], to have one record of the whole join).
     pub async fn acquire_with(media: impl MediaEngine + 'static, source: AudioSource, transcript: &Transcript) -> Result<MediaReady> {
-        let mut join = Join { media: Box::new(media), transcript: transcript.clone(), media_timeout: Duration::from_secs(10), heard: None };
+        let mut join = Join { media: Box::new(media), transcript: transcript.clone(), media_timeout: Duration::from_secs(10), heard: None, media_bound: None };
         join.call(1, "getUserMedia", source.describe());
         let stream = attempt!(
             join,
@@ -169,7 +171,7 @@ impl MediaReady {
         let transcript = party.transcript();
         transcript.absorb(&join.transcript);
         join.transcript = transcript;
-        join.media_timeout = party.session.timeouts().media;
+        join.media_timeout = party.session.timeouts().media.min(join.media_bound.unwrap_or(Duration::MAX));
 
         let cmd = party.callme("CALLME_S1");
         let seq = attempt!(join, party, party.session.send(Stage::Step(3), cmd, true).await);
@@ -364,10 +366,11 @@ pub(crate) async fn rejoin(
     transcript: Transcript,
     heard: broadcast::Sender<Frame>,
     party: Party,
+    media_bound: Duration,
 ) -> (Box<dyn MediaEngine>, std::result::Result<Joined, JoinError>) {
     let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
     let lent = Lent { inner: Some(media), back: slot.clone() };
-    let join = Join { media: Box::new(lent), transcript, media_timeout: Duration::from_secs(10), heard: Some(heard) };
+    let join = Join { media: Box::new(lent), transcript, media_timeout: media_bound, heard: Some(heard), media_bound: Some(media_bound) };
     let result = match (MediaReady { join }).call_me_s1(party).await {
         Ok(s1) => match s1.create_offer().await {
             Ok(offered) => match offered.call_me_s2().await {

@@ -198,3 +198,51 @@ async fn a_refused_login_exits_with_30_naming_the_retcode_and_never_shows_the_pa
     );
     core.stop().await;
 }
+
+/// `callme join --seconds` through a blackout of the media path: a 6 s blackout in a 14 s
+/// window is reconnected and the exit is 0, with the reconnection and the share of the window
+/// with sound printed; a blackout that outlasts the window is not, and the exit is not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_stays_through_an_outage_and_exits_0_only_if_back_in_the_call() {
+    use callme::netem::{Impairment, Relay};
+    for (blackout, window, back) in [(6u64, 14u64, true), (60, 10, false)] {
+        let config = CoreConfig::loopback_ephemeral().with(|c| c.announce = Some("127.0.0.2".parse().unwrap()));
+        let core = core::start(config).await.unwrap();
+        let public = format!("127.0.0.2:{}", core.media_addr.port()).parse().unwrap();
+        let relay = Relay::start(public, "127.0.0.3".parse().unwrap(), core.media_addr, Impairment::default()).await.unwrap();
+        let party = Session::connect(&core.ws_url).await.unwrap().load(ClusterId(1), SchemeId(7), "other").await.unwrap();
+        let other = party.join_with(RtcMedia::new(RtcOptions::loopback_only()), AudioSource::tone(440.0)).await.unwrap();
+        let ws_url = core.ws_url.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            Command::new(CALLME)
+                .args(["join", "--url", &ws_url, "--scheme", "7", "--name", "cli", "--tone", "880", "--seconds", &window.to_string()])
+                .output()
+                .unwrap()
+        });
+        // The blackout starts once the command line is in the call (the core counts it).
+        while core.stats().parties_with_media < 2 && !run.is_finished() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        relay.blackout(Duration::from_secs(blackout));
+        let out = run.await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let summary = stdout.lines().find(|l| l.contains("sound in")).unwrap_or_else(|| panic!("a summary line:\n{stdout}"));
+        let share: f64 = summary.split("sound in ").nth(1).and_then(|r| r.split('%').next()).and_then(|p| p.trim().parse().ok()).unwrap();
+        eprintln!("blackout {blackout} s in {window} s: exit {:?}; {summary}", out.status.code());
+        assert!(stdout.contains("reconnecting (attempt 1): no media from the core"), "the reconnection is printed:\n{stdout}");
+        if back {
+            assert!(out.status.success(), "back in the call: exit 0\n{stdout}\n{stderr}");
+            assert!(stdout.contains("back in the call as party"), "{stdout}");
+            assert!(summary.contains("1 outage(s)"), "{summary}");
+            assert!(share > 30.0 && share < 80.0, "the window had sound before and after the outage only: {summary}");
+        } else {
+            assert_eq!(out.status.code(), Some(40), "not in the call at the end\n{stdout}\n{stderr}");
+            assert!(stderr.contains("not in the call at the end"), "{stderr}");
+            assert!(share < 40.0, "most of the window had no sound: {summary}");
+        }
+        other.leave().await;
+        core.stop().await;
+    }
+}
