@@ -46,7 +46,10 @@ async fn start_core() -> CoreHandle {
 }
 
 async fn join(ws_url: &str, login: &str, source: AudioSource) -> Connected {
-    let session = Session::connect_with_options(ws_url, &ConnectOptions::default()).await.expect("the WebSocket opens");
+    // Resuming is done by hand here, and a cut left alone must expire: no reconnection by itself
+    // (tests/outages.rs has the automatic paths).
+    let options = ConnectOptions::default().with_reconnect(callme::ReconnectPolicy::off());
+    let session = Session::connect_with_options(ws_url, &options).await.expect("the WebSocket opens");
     let party =
         session.login(login, format!("pw-{login}")).await.expect("the login is accepted").load(CLUSTER, SCHEME, "").await.expect("cd.load");
     party.join_with(RtcMedia::new(RtcOptions::loopback_only()), source).await.unwrap_or_else(|e| panic!("{login} joins: {e}"))
