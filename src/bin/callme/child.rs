@@ -30,9 +30,15 @@ impl CoreChild {
 
     /// [`CoreChild::spawn`] with more arguments for `callme core` (e.g. `--config FILE`).
     pub fn spawn_with(report: Duration, env: &[(&str, &str)], args: &[&str]) -> Result<CoreChild, String> {
+        Self::spawn_at("127.0.0.1:0", 0, report, env, args)
+    }
+
+    /// [`CoreChild::spawn_with`] on these ports (to start a core again where one was).
+    pub fn spawn_at(listen: &str, media_port: u16, report: Duration, env: &[(&str, &str)], args: &[&str]) -> Result<CoreChild, String> {
         let exe = std::env::current_exe().map_err(|e| format!("the running binary: {e}"))?;
         let mut cmd = Command::new(exe);
-        cmd.args(["core", "--listen", "127.0.0.1:0", "--media-port", "0", "--report-ms", &report.as_millis().to_string()]);
+        let media_port = media_port.to_string();
+        cmd.args(["core", "--listen", listen, "--media-port", &media_port, "--report-ms", &report.as_millis().to_string()]);
         cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);

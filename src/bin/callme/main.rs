@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_life;
+mod bench_outage;
 mod child;
 mod life;
 mod soak;
@@ -39,6 +40,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Life in a conference with accounts, timed: login to first audio, SETMIC to the tone gone.
     BenchLife(bench_life::BenchLifeArgs),
+    /// How fast a call comes back: blackouts of the media path and core restarts, timed.
+    BenchOutage(bench_outage::BenchOutageArgs),
     /// Join/leave churn against a core in a child process: its memory, files, threads and tasks.
     Soak(soak::SoakArgs),
     /// Read a password from standard input (one line) and print its argon2id PHC string, for
@@ -445,6 +448,7 @@ fn main() -> ExitCode {
             Command::Core(a) => run_core(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::BenchLife(a) => bench_life::run(a).await,
+            Command::BenchOutage(a) => bench_outage::run(a).await,
             Command::Soak(a) => soak::run(a).await,
             Command::HashPassword => hash_password(),
         }
