@@ -239,20 +239,48 @@ pub mod opus_codec {
     use super::{Frame, FRAME_SAMPLES, SAMPLE_RATE};
 
     /// An Opus encoder for one outgoing stream.
-    pub struct Encoder(opus::Encoder);
+    pub struct Encoder {
+        inner: opus::Encoder,
+        /// The packet loss it was last told to expect, in percent.
+        expected_loss: u8,
+    }
 
     impl Encoder {
-        /// An encoder at 32 kbit/s with in-band FEC.
+        /// An encoder at 32 kbit/s with in-band FEC, expecting no loss (so sending no FEC until
+        /// [`Encoder::set_expected_loss`] says otherwise).
         pub fn new() -> Result<Self, String> {
             let mut e = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip).map_err(|e| e.to_string())?;
             e.set_bitrate(opus::Bitrate::Bits(32_000)).map_err(|e| e.to_string())?;
             e.set_inband_fec(true).map_err(|e| e.to_string())?;
-            Ok(Encoder(e))
+            Ok(Encoder { inner: e, expected_loss: 0 })
+        }
+
+        /// In-band FEC on or off (on from [`Encoder::new`]).
+        pub fn set_inband_fec(&mut self, on: bool) -> Result<(), String> {
+            self.inner.set_inband_fec(on).map_err(|e| e.to_string())
+        }
+
+        /// The packet loss the encoder expects, in percent (above 100 counts as 100): with FEC on,
+        /// how much redundancy it adds for the previous frame. Setting the value it already has
+        /// does nothing, so it may be called at every frame.
+        pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), String> {
+            let percent = percent.min(100);
+            if percent == self.expected_loss {
+                return Ok(());
+            }
+            self.inner.set_packet_loss_perc(i32::from(percent)).map_err(|e| e.to_string())?;
+            self.expected_loss = percent;
+            Ok(())
+        }
+
+        /// The packet loss the encoder expects now, in percent.
+        pub fn expected_loss(&self) -> u8 {
+            self.expected_loss
         }
 
         /// Encodes one 20 ms frame.
         pub fn encode(&mut self, frame: &[i16]) -> Result<Vec<u8>, String> {
-            self.0.encode_vec(frame, 1500).map_err(|e| e.to_string())
+            self.inner.encode_vec(frame, 1500).map_err(|e| e.to_string())
         }
     }
 
@@ -326,6 +354,36 @@ mod tests {
         let mut dec = opus_codec::Decoder::new().unwrap();
         let out: Vec<i16> = s.chunks(FRAME_SAMPLES).flat_map(|f| dec.decode(Some(&enc.encode(f).unwrap())).unwrap()).collect();
         assert!(tone_share(&out[4800..], 660.0) > 0.8);
+    }
+
+    /// Encodes 20 frames of 440 Hz then 880 Hz (from frame 10) with `loss` percent expected, and
+    /// rebuilds frame 10 from frame 11's in-band FEC: the share of 880 Hz in what comes out.
+    fn share_rebuilt_from_fec(fec: bool, loss: u8) -> f64 {
+        let mut enc = opus_codec::Encoder::new().unwrap();
+        enc.set_inband_fec(fec).unwrap();
+        enc.set_expected_loss(loss).unwrap();
+        assert_eq!(enc.expected_loss(), loss);
+        let (mut low, mut high) = (AudioSource::tone(440.0).open().unwrap(), AudioSource::tone(880.0).open().unwrap());
+        let packets: Vec<Vec<u8>> =
+            (0..20).map(|i| if i < 10 { low.next_frame() } else { high.next_frame() }).map(|f| enc.encode(&f).unwrap()).collect();
+        let mut dec = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).unwrap();
+        let mut out = vec![0i16; FRAME_SAMPLES];
+        for p in &packets[..10] {
+            dec.decode(p, &mut out, false).unwrap();
+        }
+        let n = dec.decode(&packets[11], &mut out, true).unwrap();
+        tone_share(&out[..n], 880.0)
+    }
+
+    #[test]
+    fn an_encoder_told_to_expect_loss_sends_fec_that_rebuilds_a_lost_frame() {
+        let with = share_rebuilt_from_fec(true, 20);
+        // FEC is a leaner copy, decoded across the change of tone: well above nothing, not all.
+        assert!(with > 0.2, "the frame rebuilt from FEC holds {with} of 880 Hz");
+        // Without FEC, or expecting no loss, the decoder can only conceal: no 880 Hz yet.
+        let off = share_rebuilt_from_fec(false, 20);
+        let none = share_rebuilt_from_fec(true, 0);
+        assert!(off < 0.05 && none < 0.05, "no FEC, yet 880 Hz came back: {off}, {none}");
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! own frame, encoded by its own encoder; everyone else receives the whole sum, encoded once and
 //! shared. So the cost of a tick grows with the number of speakers, not of listeners.
 //!
+//! Every encoder sends Opus in-band FEC for the loss its listeners' receiver reports show: a
+//! speaker's own encoder expects that party's loss, the shared one the highest loss among the
+//! parties that hear it ([`shared_expected_loss`]); see docs/mixer.md.
+//!
 //! [`MixerCore`] is the pure part (no clock, no IO): the tests drive it tick by tick. [`Mixer`]
 //! runs it on a thread of its own: control messages first, then the packets, a tick every 20 ms
 //! while any party's media is connected (none at all otherwise), and each party's output handed
@@ -23,6 +27,7 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 
 use crate::audio::opus_codec::{Decoder, Encoder};
 use crate::audio::{mean_power, FRAME_DURATION, FRAME_SAMPLES};
+use crate::media::rtcp::EXPECTED_LOSS_FLOOR;
 use crate::wire::PartyId;
 
 /// A frame with more mean power than this (about -50 dBFS) counts as speech.
@@ -227,6 +232,9 @@ struct Slot {
     pending: Vec<i16>,
     /// Scratch for one decode.
     decoded: Vec<i16>,
+    /// The packet loss the party's receiver reports show on the path to it, as the expected
+    /// loss of an encoder, in percent ([`MixerCore::set_expected_loss`]).
+    expected_loss: u8,
 }
 
 impl Slot {
@@ -303,6 +311,7 @@ impl MixerCore {
             frame: vec![0; FRAME_SAMPLES],
             pending: Vec::with_capacity(FRAME_SAMPLES * 7),
             decoded: Vec::with_capacity(FRAME_SAMPLES * 6),
+            expected_loss: EXPECTED_LOSS_FLOOR,
         };
         self.slots.insert(party, slot);
         Ok(())
@@ -325,6 +334,27 @@ impl MixerCore {
                 s.talk.reset();
             }
         }
+    }
+
+    /// The expected loss in percent on the path to the party (from its receiver reports, see
+    /// `media::rtcp`): its own encoder uses it while it speaks, the shared encoder counts it while
+    /// it listens. Until set, [`EXPECTED_LOSS_FLOOR`].
+    pub fn set_expected_loss(&mut self, party: PartyId, percent: u8) {
+        if let Some(s) = self.slots.get_mut(&party) {
+            s.expected_loss = percent;
+        }
+    }
+
+    /// The expected loss the party's own encoder has, while it has one (the party speaks).
+    #[cfg(test)]
+    pub fn encoder_expected_loss(&self, party: PartyId) -> Option<u8> {
+        self.slots.get(&party)?.encoder.as_ref().map(Encoder::expected_loss)
+    }
+
+    /// The expected loss the shared encoder has, once it encoded a tick.
+    #[cfg(test)]
+    pub fn shared_encoder_expected_loss(&self) -> Option<u8> {
+        self.shared_encoder.as_ref().map(Encoder::expected_loss)
     }
 
     /// The talking changes since the last call, in order.
@@ -369,14 +399,15 @@ impl MixerCore {
         let mut outputs = Vec::with_capacity(self.slots.len());
         // The shared mix is made every tick, even when everyone speaks: a party whose media
         // just came up is sent it at once (`Input::Connected`).
-        let shared = limit_and_encode(&mut self.shared_limiter, &mut self.shared_encoder, &self.mix, &mut self.pcm);
+        let shared_loss = shared_expected_loss(self.slots.values().filter(|s| !s.speaking()).map(|s| s.expected_loss));
+        let shared = limit_and_encode(&mut self.shared_limiter, &mut self.shared_encoder, shared_loss, &self.mix, &mut self.pcm);
         self.own.resize(FRAME_SAMPLES, 0);
         for (party, slot) in self.slots.iter_mut() {
             let packet = if slot.speaking() {
                 for ((o, &m), &s) in self.own.iter_mut().zip(&self.mix).zip(&slot.frame) {
                     *o = m - i32::from(s);
                 }
-                match limit_and_encode(&mut slot.limiter, &mut slot.encoder, &self.own, &mut self.pcm) {
+                match limit_and_encode(&mut slot.limiter, &mut slot.encoder, slot.expected_loss, &self.own, &mut self.pcm) {
                     Some(p) => p,
                     None => continue,
                 }
@@ -400,13 +431,23 @@ impl MixerCore {
     }
 }
 
-/// One output of a tick: the mix through its limiter, then its encoder (made on first use).
-fn limit_and_encode(limiter: &mut Limiter, encoder: &mut Option<Encoder>, mix: &[i32], pcm: &mut Vec<i16>) -> Option<Bytes> {
+/// The expected loss of the shared encoder, from those of the parties that hear the shared mix
+/// (those not speaking): the highest. One encoding goes to all of them, so it is protected for
+/// the worst path among them; what that costs the others is bounded by the cap the expected loss
+/// has (`media::rtcp::EXPECTED_LOSS_CAP`). [`EXPECTED_LOSS_FLOOR`] when nobody listens.
+pub fn shared_expected_loss(listeners: impl IntoIterator<Item = u8>) -> u8 {
+    listeners.into_iter().max().unwrap_or(EXPECTED_LOSS_FLOOR)
+}
+
+/// One output of a tick: the mix through its limiter, then its encoder (made on first use) told
+/// to expect `loss` percent (a failed setting keeps the previous one until the next tick).
+fn limit_and_encode(limiter: &mut Limiter, encoder: &mut Option<Encoder>, loss: u8, mix: &[i32], pcm: &mut Vec<i16>) -> Option<Bytes> {
     limiter.process(mix, pcm);
     let enc = match encoder {
         Some(e) => e,
         None => encoder.insert(Encoder::new().ok()?),
     };
+    let _ = enc.set_expected_loss(loss);
     enc.encode(pcm).ok().map(Bytes::from)
 }
 
@@ -507,6 +548,10 @@ enum Control {
         party: PartyId,
         on: bool,
     },
+    ExpectedLoss {
+        party: PartyId,
+        percent: u8,
+    },
     /// A packet is queued while the mixer sleeps.
     Wake,
 }
@@ -592,6 +637,12 @@ impl Mixer {
         let _ = self.channels.control.send(Control::SetMic { party, on });
     }
 
+    /// The expected loss in percent on the path to the party, from its receiver reports
+    /// ([`MixerCore::set_expected_loss`]), from the next tick.
+    pub fn expected_loss(&self, party: PartyId, percent: u8) {
+        let _ = self.channels.control.send(Control::ExpectedLoss { party, percent });
+    }
+
     /// A packet from a party, with its RTP sequence number; dropped if the queue is full.
     pub fn packet(&self, party: PartyId, seq: u16, payload: Bytes) {
         if self.channels.packets.try_send(Packet { party, seq, payload }).is_err() {
@@ -647,6 +698,7 @@ impl Worker {
                 }
             }
             Control::SetMic { party, on } => self.core.set_mic(party, on),
+            Control::ExpectedLoss { party, percent } => self.core.set_expected_loss(party, percent),
             Control::Wake => {}
         }
         self.stats.parties.store(self.core.len() as u64, Ordering::Relaxed);
@@ -943,6 +995,101 @@ mod tests {
                 assert!(mean_power(f) > SPEAKING_POWER, "{ms} ms packets: frame {i} is silent");
             }
         }
+    }
+
+    #[test]
+    fn the_shared_encoder_expects_the_worst_listeners_loss_and_a_speakers_own_encoder_its_own() {
+        let (a, b, c) = (PartyId(1), PartyId(2), PartyId(3));
+        let tone = packets(440.0, 40);
+        let mut mixer = MixerCore::default();
+        for p in [a, b, c] {
+            mixer.add(p).unwrap();
+        }
+        mixer.set_expected_loss(a, 10);
+        mixer.set_expected_loss(b, 5);
+        mixer.set_expected_loss(c, 20);
+        for (t, packet) in tone.iter().enumerate().take(20) {
+            mixer.push(a, t as u16, packet.clone());
+            mixer.tick();
+        }
+        assert_eq!(mixer.encoder_expected_loss(a), Some(10), "the speaker's own encoder: its own loss");
+        assert_eq!(mixer.encoder_expected_loss(b), None, "a listener has no encoder of its own");
+        assert_eq!(mixer.shared_encoder_expected_loss(), Some(20), "the shared encoder: the worst listener's");
+        // The speaker's loss is not the shared mix's business; the listeners' changes are.
+        mixer.set_expected_loss(a, 25);
+        mixer.set_expected_loss(c, 3);
+        for (t, packet) in tone.iter().enumerate().skip(20) {
+            mixer.push(a, t as u16, packet.clone());
+            mixer.tick();
+        }
+        assert_eq!(mixer.encoder_expected_loss(a), Some(25));
+        assert_eq!(mixer.shared_encoder_expected_loss(), Some(5));
+    }
+
+    #[test]
+    fn before_any_report_every_encoder_expects_the_floor_and_with_nobody_listening_the_shared_one_too() {
+        assert_eq!(shared_expected_loss([]), EXPECTED_LOSS_FLOOR);
+        assert_eq!(shared_expected_loss([4, 17, 9]), 17);
+        let (a, b) = (PartyId(1), PartyId(2));
+        let (ta, tb) = (packets(440.0, 30), packets(660.0, 30));
+        let mut mixer = MixerCore::default();
+        mixer.add(a).unwrap();
+        mixer.add(b).unwrap();
+        mixer.set_expected_loss(PartyId(9), 50); // unknown: ignored
+        for t in 0..30 {
+            mixer.push(a, t as u16, ta[t].clone());
+            mixer.push(b, t as u16, tb[t].clone());
+            mixer.tick();
+        }
+        // Both speak: nobody hears the shared mix.
+        assert_eq!(mixer.encoder_expected_loss(a), Some(EXPECTED_LOSS_FLOOR));
+        assert_eq!(mixer.encoder_expected_loss(b), Some(EXPECTED_LOSS_FLOOR));
+        assert_eq!(mixer.shared_encoder_expected_loss(), Some(EXPECTED_LOSS_FLOOR));
+    }
+
+    #[test]
+    fn a_listener_on_a_lossy_path_gets_fec_that_rebuilds_a_lost_packet_of_the_mix() {
+        // The speaker's tone changes from 440 to 880 Hz at tick 30; the listener loses the first
+        // packet of the mix with 880 Hz and rebuilds it from the next packet's FEC.
+        let (a, b) = (PartyId(1), PartyId(2));
+        let mut low = AudioSource::tone(440.0).open().unwrap();
+        let mut high = AudioSource::tone(880.0).open().unwrap();
+        let mut enc = Encoder::new().unwrap();
+        let stream: Vec<Bytes> =
+            (0..40).map(|t| if t < 30 { low.next_frame() } else { high.next_frame() }).map(|f| Bytes::from(enc.encode(&f).unwrap())).collect();
+        let rebuilt = |loss: u8| {
+            let mut mixer = MixerCore::default();
+            mixer.add(a).unwrap();
+            mixer.add(b).unwrap();
+            mixer.set_expected_loss(b, loss);
+            let mut heard = Vec::new();
+            for (t, packet) in stream.iter().enumerate() {
+                mixer.push(a, t as u16, packet.clone());
+                heard.extend(mixer.tick().into_iter().filter(|o| o.party == b).map(|o| o.packet));
+            }
+            // The first packet of the mix that holds the new tone is the one lost (wherever the
+            // jitter buffer's delay puts it).
+            let mut reference = Decoder::new().unwrap();
+            let frames: Vec<Vec<i16>> = heard.iter().map(|p| reference.decode(Some(p)).unwrap()).collect();
+            let lost = frames.iter().position(|f| tone_share(f, 880.0) > 0.5).unwrap();
+            assert!(lost + 1 < heard.len(), "the new tone came at the very end");
+            let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+            let mut out = vec![0i16; FRAME_SAMPLES];
+            for p in &heard[..lost] {
+                dec.decode(p, &mut out, false).unwrap();
+            }
+            let n = dec.decode(&heard[lost + 1], &mut out, true).unwrap();
+            // How far the rebuilt frame is from the frame as sent: the error's power over the frame's.
+            let sent = &frames[lost];
+            let error = out[..n].iter().zip(sent).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>();
+            error / sent.iter().map(|&y| f64::from(y).powi(2)).sum::<f64>()
+        };
+        // With FEC the frame comes back nearly as sent; without, concealment goes on with the
+        // old tone.
+        let with = rebuilt(20);
+        assert!(with < 0.1, "the frame rebuilt from FEC is off by {with} of its power");
+        let without = rebuilt(0);
+        assert!(without > 0.3, "expecting no loss, the mix had FEC anyway: concealment off by only {without}");
     }
 
     fn track() -> Arc<TrackLocalStaticSample> {

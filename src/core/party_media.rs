@@ -5,15 +5,19 @@
 //! ([`offer_from_params`]), writes the offer from them ([`client_offer`]), applies it, answers, and reads its own ufrag, pwd and fingerprint back
 //! out of the answer for `servufrag`. webrtc-rs checks the client's DTLS certificate against the
 //! fingerprint in that offer, so a peer with another certificate never gets media.
+//!
+//! RTCP: the receiver- and sender-report interceptors run for each party; the receiver reports the
+//! party sends on the mix set the expected loss of the mixer's encoders it hears.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use webrtc::api::interceptor_registry::configure_rtcp_reports;
 use webrtc::api::media_engine::{MediaEngine as RtcMediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
@@ -22,17 +26,20 @@ use webrtc::ice::network_type::NetworkType;
 use webrtc::ice::udp_mux::UDPMux;
 use webrtc::ice::udp_network::UDPNetwork;
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::certificate::RTCCertificate;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
 
 use super::mixer::Mixer;
 use crate::media::guard::{self, GuardStats, GuardedMux, SsrcBudget, MAX_SSRCS};
+use crate::media::rtcp::{ntp_middle, SenderFeedback};
 use crate::media::sdp::{self, OfferFacts, EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use crate::wire::{self, code, PartyId};
 
@@ -199,7 +206,10 @@ impl PartyMedia {
         settings.set_udp_network(UDPNetwork::Muxed(guard));
         settings.set_answering_dtls_role(DTLSRole::Server).map_err(|e| e.to_string())?;
         candidate_settings(&mut settings, env.bound, env.announce);
-        let api = APIBuilder::new().with_media_engine(media).with_setting_engine(settings).build();
+        // RTCP for audio: a receiver report on the party's stream and a sender report on the mix,
+        // once a second each (no NACK, no TWCC: audio is neither retransmitted nor paced).
+        let registry = configure_rtcp_reports(Registry::new());
+        let api = APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(settings).build();
         let config = RTCConfiguration { certificates: vec![env.certificate.clone()], ..Default::default() };
         let pc = Arc::new(api.new_peer_connection(config).await.map_err(|e| e.to_string())?);
 
@@ -225,10 +235,7 @@ impl PartyMedia {
         let mut tasks = Vec::new();
         let track = Arc::new(TrackLocalStaticSample::new(opus, "mix".to_owned(), format!("conference-mix-{party}")));
         let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.map_err(|e| e.to_string())?;
-        tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 1500];
-            while sender.read(&mut buf).await.is_ok() {}
-        }));
+        tasks.push(tokio::spawn(read_party_rtcp(sender, party, mixer.clone())));
 
         // Incoming audio goes to the mixer; the time of the last packet feeds the supervisor, and
         // a reader that stops for any reason but a clean close reports it at once.
@@ -237,7 +244,11 @@ impl PartyMedia {
         let last = last_rx.clone();
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
         let packets = mixer.clone();
-        pc.on_track(Box::new(move |remote, _receiver, _transceiver| {
+        pc.on_track(Box::new(move |remote, receiver, _transceiver| {
+            // The party's sender reports reach the receiver-report interceptor only through the
+            // receiver's RTCP, read here: then the core's receiver reports echo them (LSR, DLSR)
+            // and the party can measure its round trip.
+            tokio::spawn(async move { while receiver.read_rtcp().await.is_ok() {} });
             let mixer = packets.clone();
             let last = last.clone();
             let reader = ReaderWatch(Some(failed_tx.clone()));
@@ -324,6 +335,21 @@ impl PartyMedia {
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
+    }
+}
+
+/// Reads the RTCP on the mix sent to the party until the sender stops (the interceptors need it
+/// read): the party's receiver reports give the loss on the path to it, which the mixer's encoders
+/// that the party hears are told to expect (see `media::rtcp` and docs/mixer.md).
+async fn read_party_rtcp(sender: Arc<RTCRtpSender>, party: PartyId, mixer: Mixer) {
+    let mut feedback = sender.get_parameters().await.encodings.first().map(|e| SenderFeedback::new(e.ssrc, true));
+    let mut buf = vec![0u8; 1500];
+    while let Ok((packets, _)) = sender.read(&mut buf).await {
+        let Some(f) = feedback.as_mut() else { continue };
+        if let Some(percent) = f.handle_rtcp(&packets, ntp_middle(SystemTime::now())) {
+            tracing::debug!(%party, percent, loss = f.smoothed_loss(), round_trip = ?f.round_trip(), "the expected loss of the party's mix changes");
+            mixer.expected_loss(party, percent);
+        }
     }
 }
 

@@ -4,10 +4,13 @@
 //! [`RtcMedia`] implements it with webrtc-rs over real UDP and libopus; [`fake::FakeMedia`]
 //! implements it in memory for the sequence tests. [`sdp`] reads the offer (step 9) and writes
 //! the core's answer (step 15); neither the engine nor the SDP code knows about signaling.
+//! [`rtcp`] turns the receiver reports on an outgoing stream into the encoder's expected loss and
+//! the round-trip time, for the SDK and the core alike.
 
 pub mod fake;
 pub mod guard;
 pub mod rtc;
+pub mod rtcp;
 pub mod sdp;
 
 use async_trait::async_trait;

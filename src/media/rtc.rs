@@ -6,10 +6,15 @@
 //! one sends a 20 ms Opus frame of the local source per tick, one reads the remote track, conceals
 //! lost packets, decodes, and hands each frame to the application. [`RtcMedia::close`] stops both
 //! and closes the PeerConnection.
+//!
+//! From step 6 a third task reads the RTCP the core sends on our stream: its receiver reports
+//! set the encoder's expected loss, so the in-band FEC follows the path (with
+//! [`RtcOptions::fec`]; see [`super::rtcp`] for the mapping), and the loss and round trip in
+//! `SendStats`; the send task counts the packets and bytes it sends and the level of each frame.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,16 +35,18 @@ use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
 use super::guard::{GuardedMux, SsrcBudget};
+use super::rtcp::{ntp_middle, LossEstimator, SenderFeedback};
 use super::sdp::{EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use super::{IceServer, MediaEngine};
 use crate::audio::opus_codec;
 use crate::audio::{AudioSource, Frame, LocalAudio, FRAME_DURATION};
-use crate::stats::StatsCell;
+use crate::stats::{level_dbfs, StatsCell};
 
 /// Choices for the real media layer.
 #[derive(Debug, Clone)]
@@ -88,6 +95,9 @@ pub struct RtcMedia {
     sending: Arc<AtomicBool>,
     /// What the media measures.
     stats: StatsCell,
+    /// The packet loss the encoder is to expect, in percent: set from the core's receiver
+    /// reports, applied by the encode loop before its next frame.
+    expected_loss: Arc<AtomicU8>,
 }
 
 impl Default for RtcMedia {
@@ -137,7 +147,6 @@ impl RtcMedia {
     /// The media layer with these options.
     pub fn new(options: RtcOptions) -> Self {
         RtcMedia {
-            options,
             local: None,
             pc: None,
             track: None,
@@ -149,6 +158,8 @@ impl RtcMedia {
             pump: None,
             sending: Arc::new(AtomicBool::new(true)),
             stats: StatsCell::new(),
+            expected_loss: Arc::new(AtomicU8::new(LossEstimator::new(options.fec).expected_loss_percent())),
+            options,
         }
     }
 
@@ -236,11 +247,9 @@ impl MediaEngine for RtcMedia {
 
         let track = Arc::new(TrackLocalStaticSample::new(Self::opus_capability(), "audio".to_owned(), "callme".to_owned()));
         let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.map_err(text)?;
-        // RTCP for the sender must be read for the interceptors to work.
-        self.tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 1500];
-            while sender.read(&mut buf).await.is_ok() {}
-        }));
+        // RTCP for the sender must be read for the interceptors to work; the core's receiver
+        // reports on our stream set the encoder's expected loss and the send stats.
+        self.tasks.push(tokio::spawn(read_sender_rtcp(sender, self.options.fec, self.expected_loss.clone(), self.stats.clone())));
         self.pc = Some(pc);
         self.track = Some(track);
         self.remote_rx = Some(track_rx);
@@ -281,8 +290,11 @@ impl MediaEngine for RtcMedia {
             }
             None => {
                 let local = self.local.take().ok_or("no local audio (steps 1–2 did not run)")?;
+                let mut encoder = opus_codec::Encoder::new()?;
+                encoder.set_inband_fec(self.options.fec)?;
                 let (to, from) = watch::channel(Some(track));
-                let task = tokio::spawn(pump(local, opus_codec::Encoder::new()?, self.sending.clone(), from));
+                let shared = Shared { sending: self.sending.clone(), expected_loss: self.expected_loss.clone(), stats: self.stats.clone() };
+                let task = tokio::spawn(pump(local, encoder, shared, from));
                 self.pump = Some((to, task));
             }
         }
@@ -395,6 +407,24 @@ impl MediaEngine for RtcMedia {
     }
 }
 
+/// Reads the sender's RTCP until the sender stops (the interceptors need it read): each batch's
+/// report blocks on our stream (see [`super::rtcp`]) set the expected loss the encode loop
+/// applies, and the loss and round trip in the send stats.
+async fn read_sender_rtcp(sender: Arc<RTCRtpSender>, fec: bool, expected_loss: Arc<AtomicU8>, stats: StatsCell) {
+    let mut feedback = sender.get_parameters().await.encodings.first().map(|e| SenderFeedback::new(e.ssrc, fec));
+    if let Some(f) = &feedback {
+        stats.update(|s| f.fill(&mut s.sent));
+    }
+    let mut buf = vec![0u8; 1500];
+    while let Ok((packets, _)) = sender.read(&mut buf).await {
+        let Some(f) = feedback.as_mut() else { continue };
+        if let Some(percent) = f.handle_rtcp(&packets, ntp_middle(SystemTime::now())) {
+            expected_loss.store(percent, Ordering::Relaxed);
+        }
+        stats.update(|s| f.fill(&mut s.sent));
+    }
+}
+
 impl RtcMedia {
     /// Where this media layer keeps its measurements.
     pub fn stats_cell(&self) -> StatsCell {
@@ -402,10 +432,18 @@ impl RtcMedia {
     }
 }
 
+/// What the pump shares with the media layer: whether to send, the loss the core's receiver
+/// reports ask the encoder to expect, and the stats.
+struct Shared {
+    sending: Arc<AtomicBool>,
+    expected_loss: Arc<std::sync::atomic::AtomicU8>,
+    stats: StatsCell,
+}
+
 /// Reads the local audio every 20 ms and sends it, encoded, on the current track (while there
 /// is one: between PeerConnections the frames are read and dropped, so the source stays in
 /// time and a pushed source never backs up).
-async fn pump(mut local: LocalAudio, mut encoder: opus_codec::Encoder, sending: Arc<AtomicBool>, mut to: watch::Receiver<Option<Arc<TrackLocalStaticSample>>>) {
+async fn pump(mut local: LocalAudio, mut encoder: opus_codec::Encoder, shared: Shared, mut to: watch::Receiver<Option<Arc<TrackLocalStaticSample>>>) {
     let mut tick = tokio::time::interval(FRAME_DURATION);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let silence = vec![0i16; crate::audio::FRAME_SAMPLES];
@@ -414,11 +452,21 @@ async fn pump(mut local: LocalAudio, mut encoder: opus_codec::Encoder, sending: 
         // The source is read either way, so it stays in time; muted, silence is sent.
         let frame = local.next_frame();
         let Some(track) = to.borrow_and_update().clone() else { continue };
-        let frame = if sending.load(Ordering::Relaxed) { &frame } else { &silence };
+        let frame = if shared.sending.load(Ordering::Relaxed) { &frame } else { &silence };
+        // A failed setting keeps the previous one; it is tried again at the next frame.
+        let _ = encoder.set_expected_loss(shared.expected_loss.load(Ordering::Relaxed));
         let Ok(packet) = encoder.encode(frame) else { continue };
+        let bytes = packet.len() as u64;
         let sample = Sample { data: Bytes::from(packet), duration: FRAME_DURATION, ..Default::default() };
         // A closed track is the end of its PeerConnection, not of the pump.
-        let _ = track.write_sample(&sample).await;
+        if track.write_sample(&sample).await.is_ok() {
+            let level = level_dbfs(frame);
+            shared.stats.update(|s| {
+                s.sent.packets += 1;
+                s.sent.bytes += bytes;
+                s.sent.level_dbfs = level;
+            });
+        }
     }
 }
 
