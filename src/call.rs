@@ -619,7 +619,7 @@ impl CallTask {
         let mut keepalive = every(policy.socket_silence / 3);
         let mut watchdog = every(Duration::from_millis(250));
         let mut report = every(Duration::from_secs(1));
-        let (mut packets, mut since, mut gap) = (self.stats.snapshot().received.packets, Instant::now(), false);
+        let (mut packets, mut since, mut gap) = (self.stats.update(|s| s.received.packets), Instant::now(), false);
         loop {
             let party = self.party.as_mut().expect("checked above; only a reconnection takes it");
             tokio::select! {
@@ -659,7 +659,7 @@ impl CallTask {
                     return Stop::Lost(ReconnectCause::MediaFailed { reason }, e);
                 }
                 _ = watchdog.tick() => {
-                    let now = self.stats.snapshot().received.packets;
+                    let now = self.stats.update(|s| s.received.packets);
                     if now != packets {
                         if gap {
                             self.stats.outage_ended(started.elapsed());
