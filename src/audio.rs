@@ -307,6 +307,25 @@ pub mod opus_codec {
             Ok(())
         }
 
+        /// Conceals `samples` lost samples (Opus PLC) into `out` (a multiple of 2.5 ms).
+        pub fn conceal_into(&mut self, samples: usize, out: &mut Vec<i16>) -> Result<(), String> {
+            let samples = samples.min(self.scratch.len());
+            let n = self.inner.decode(&[], &mut self.scratch[..samples], false).map_err(|e| e.to_string())?;
+            out.clear();
+            out.extend_from_slice(&self.scratch[..n]);
+            Ok(())
+        }
+
+        /// Rebuilds the `samples` lost just before `next` from its in-band FEC into `out` (PLC
+        /// when `next` carries none).
+        pub fn decode_fec_into(&mut self, next: &[u8], samples: usize, out: &mut Vec<i16>) -> Result<(), String> {
+            let samples = samples.min(self.scratch.len());
+            let n = self.inner.decode(next, &mut self.scratch[..samples], true).map_err(|e| e.to_string())?;
+            out.clear();
+            out.extend_from_slice(&self.scratch[..n]);
+            Ok(())
+        }
+
         /// Decodes one packet into a new frame; `None` conceals a lost packet (PLC).
         pub fn decode(&mut self, packet: Option<&[u8]>) -> Result<Frame, String> {
             let mut out = Vec::with_capacity(FRAME_SAMPLES);

@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 use webrtc::media::Sample;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
-use crate::audio::opus_codec::{Decoder, Encoder};
+use crate::audio::opus_codec::Encoder;
 use crate::audio::{mean_power, FRAME_DURATION, FRAME_SAMPLES};
+use crate::media::playout::Playout;
 use crate::media::rtcp::EXPECTED_LOSS_FLOOR;
 use crate::wire::PartyId;
 
@@ -42,88 +43,10 @@ pub const TALK_STOP_FRAMES: u32 = 40;
 /// Frames at least between two changes of one party's talking state: 300 ms, so at most about
 /// three changes a second.
 pub const TALK_MIN_SPACING_FRAMES: u32 = 15;
-/// Lost frames concealed in a row before the party counts as silent (100 ms).
-pub const MAX_CONCEALED: u32 = 5;
-/// Packets held before the oldest are dropped to catch up (500 ms).
-pub const JITTER_MAX: usize = 25;
-/// Packets held before play-out starts, at the start and after running dry (40 ms).
-pub const JITTER_TARGET: usize = 2;
 /// The limiter's ceiling, as a share of full scale.
 pub const CEILING: f32 = 0.89;
 /// The share of the remaining gain distance recovered per frame (about 0.5 s to recover).
 pub const RELEASE: f32 = 0.08;
-
-/// What the jitter buffer gives for one tick.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pop {
-    Packet(Bytes),
-    /// The packet due now is missing but later ones came: conceal it.
-    Lost,
-    /// Nothing due and nothing later: the party is not sending.
-    Empty,
-}
-
-/// Orders packets by RTP sequence number and hands out one per tick.
-#[derive(Debug, Default)]
-pub struct JitterBuffer {
-    packets: BTreeMap<u64, Bytes>,
-    highest: Option<u64>,
-    next: Option<u64>,
-    /// Whether play-out runs; it stops when the buffer runs dry and starts again once
-    /// [`JITTER_TARGET`] packets are held, so a late burst does not run dry at once again.
-    playing: bool,
-}
-
-impl JitterBuffer {
-    /// Stores a packet; late (already played) and duplicate packets are dropped.
-    pub fn push(&mut self, seq: u16, payload: Bytes) {
-        let ext = match self.highest {
-            None => u64::from(seq) + (1 << 16),
-            Some(h) => {
-                // The extended number closest to the highest seen with these low 16 bits.
-                let base = h & !0xFFFF;
-                [base.wrapping_sub(1 << 16), base, base + (1 << 16)]
-                    .into_iter()
-                    .map(|b| b | u64::from(seq))
-                    .min_by_key(|c| c.abs_diff(h))
-                    .expect("three candidates")
-            }
-        };
-        if self.next.is_some_and(|n| ext < n) {
-            return;
-        }
-        self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
-        self.packets.insert(ext, payload);
-        if self.packets.len() > JITTER_MAX {
-            // Fell behind: keep the newest few.
-            let keep_from = *self.packets.keys().nth_back(2).expect("more than 3");
-            self.packets = self.packets.split_off(&keep_from);
-            self.next = Some(keep_from);
-        }
-    }
-
-    /// The packet due at this tick.
-    pub fn pop(&mut self) -> Pop {
-        if !self.playing && self.packets.len() < JITTER_TARGET {
-            return Pop::Empty;
-        }
-        let Some(&first) = self.packets.keys().next() else {
-            self.playing = false;
-            return Pop::Empty;
-        };
-        self.playing = true;
-        let next = match self.next {
-            // After a long gap (or at the start) resume at the first packet held.
-            Some(n) if first.saturating_sub(n) <= u64::from(MAX_CONCEALED) => n,
-            _ => first,
-        };
-        self.next = Some(next + 1);
-        match self.packets.remove(&next) {
-            Some(p) => Pop::Packet(p),
-            None => Pop::Lost,
-        }
-    }
-}
 
 /// A gain that drops at once to keep peaks under [`CEILING`] and recovers smoothly, then a soft
 /// knee for anything that still exceeds it: the mix never clips hard.
@@ -219,19 +142,13 @@ impl TalkDetector {
 struct Slot {
     /// `bMicOn`: off, the party's audio is read and dropped, never mixed.
     mic_on: bool,
-    jitter: JitterBuffer,
-    decoder: Decoder,
+    /// The party's adaptive jitter buffer and decoder (`media::playout`): one frame per tick.
+    playout: Playout,
     encoder: Option<Encoder>,
     limiter: Limiter,
     hang: u32,
-    concealed: u32,
     talk: TalkDetector,
     frame: Vec<i16>,
-    /// Decoded samples not yet mixed: a packet of 40 or 60 ms feeds two or three ticks, two
-    /// packets of 10 ms feed one.
-    pending: Vec<i16>,
-    /// Scratch for one decode.
-    decoded: Vec<i16>,
     /// The packet loss the party's receiver reports show on the path to it, as the expected
     /// loss of an encoder, in percent ([`MixerCore::set_expected_loss`]).
     expected_loss: u8,
@@ -240,37 +157,6 @@ struct Slot {
 impl Slot {
     fn speaking(&self) -> bool {
         self.hang > 0
-    }
-
-    /// Decodes from the jitter buffer until a whole frame is pending or nothing is due: packets
-    /// of any Opus duration (2.5 to 120 ms) are played at their length. A lost packet, or a
-    /// missing one while the party speaks, is concealed (PLC) for what the frame still lacks.
-    fn fill(&mut self) {
-        while self.pending.len() < FRAME_SAMPLES {
-            let lacking = FRAME_SAMPLES - self.pending.len();
-            match self.jitter.pop() {
-                Pop::Packet(p) => {
-                    self.concealed = 0;
-                    if self.decoder.decode_into(Some(&p), &mut self.decoded).is_ok() {
-                        self.pending.extend_from_slice(&self.decoded);
-                    }
-                }
-                Pop::Lost if self.concealed < MAX_CONCEALED => self.conceal(lacking),
-                Pop::Empty if self.speaking() && self.concealed < MAX_CONCEALED => {
-                    self.conceal(lacking);
-                    return;
-                }
-                _ => return,
-            }
-        }
-    }
-
-    fn conceal(&mut self, lacking: usize) {
-        self.concealed += 1;
-        if self.decoder.decode_into(None, &mut self.decoded).is_ok() {
-            let n = self.decoded.len().min(lacking);
-            self.pending.extend_from_slice(&self.decoded[..n]);
-        }
     }
 }
 
@@ -301,16 +187,12 @@ impl MixerCore {
     pub fn add(&mut self, party: PartyId) -> Result<(), String> {
         let slot = Slot {
             mic_on: true,
-            jitter: JitterBuffer::default(),
-            decoder: Decoder::new()?,
+            playout: Playout::new(true)?,
             encoder: None,
             limiter: Limiter::default(),
             hang: 0,
-            concealed: 0,
             talk: TalkDetector::default(),
             frame: vec![0; FRAME_SAMPLES],
-            pending: Vec::with_capacity(FRAME_SAMPLES * 7),
-            decoded: Vec::with_capacity(FRAME_SAMPLES * 6),
             expected_loss: EXPECTED_LOSS_FLOOR,
         };
         self.slots.insert(party, slot);
@@ -362,10 +244,11 @@ impl MixerCore {
         std::mem::take(&mut self.talking)
     }
 
-    /// A packet from a party (unknown parties' packets are dropped).
-    pub fn push(&mut self, party: PartyId, seq: u16, payload: Bytes) {
+    /// A packet from a party, with its RTP sequence number and timestamp, arrived at
+    /// `arrival_ms` (from any epoch, the same for all); unknown parties' packets are dropped.
+    pub fn push(&mut self, party: PartyId, seq: u16, ts: u32, payload: Bytes, arrival_ms: f64) {
         if let Some(s) = self.slots.get_mut(&party) {
-            s.jitter.push(seq, payload);
+            s.playout.push(seq, ts, payload, arrival_ms);
         }
     }
 
@@ -374,11 +257,7 @@ impl MixerCore {
         self.mix.clear();
         self.mix.resize(FRAME_SAMPLES, 0);
         for (party, slot) in self.slots.iter_mut() {
-            slot.fill();
-            let n = slot.pending.len().min(FRAME_SAMPLES);
-            slot.frame.clear();
-            slot.frame.extend(slot.pending.drain(..n));
-            slot.frame.resize(FRAME_SAMPLES, 0); // what is missing of the frame is silence
+            slot.playout.next_frame(&mut slot.frame);
             if !slot.mic_on {
                 slot.frame.fill(0);
             }
@@ -560,7 +439,10 @@ enum Control {
 struct Packet {
     party: PartyId,
     seq: u16,
+    ts: u32,
     payload: Bytes,
+    /// When it was read from the network.
+    at: Instant,
 }
 
 struct Channels {
@@ -643,9 +525,10 @@ impl Mixer {
         let _ = self.channels.control.send(Control::ExpectedLoss { party, percent });
     }
 
-    /// A packet from a party, with its RTP sequence number; dropped if the queue is full.
-    pub fn packet(&self, party: PartyId, seq: u16, payload: Bytes) {
-        if self.channels.packets.try_send(Packet { party, seq, payload }).is_err() {
+    /// A packet from a party, with its RTP sequence number and timestamp, just read (its
+    /// arrival time is taken now, for the jitter buffer); dropped if the queue is full.
+    pub fn packet(&self, party: PartyId, seq: u16, ts: u32, payload: Bytes) {
+        if self.channels.packets.try_send(Packet { party, seq, ts, payload, at: Instant::now() }).is_err() {
             self.channels.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
         } else if self.channels.idle.swap(false, Ordering::AcqRel) {
             let _ = self.channels.control.send(Control::Wake);
@@ -666,11 +549,19 @@ struct Worker {
     connected: HashSet<PartyId>,
     stats: Arc<SharedStats>,
     channels: Weak<Channels>,
+    /// Where the packets' arrival times are counted from.
+    epoch: Instant,
 }
 
 impl Worker {
     fn new(config: MixerConfig, stats: Arc<SharedStats>, channels: Weak<Channels>) -> Self {
-        Worker { config, core: MixerCore::default(), outs: HashMap::new(), connected: HashSet::new(), stats, channels }
+        let epoch = Instant::now();
+        Worker { config, core: MixerCore::default(), outs: HashMap::new(), connected: HashSet::new(), stats, channels, epoch }
+    }
+
+    fn push(&mut self, p: Packet) {
+        let arrival_ms = p.at.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0;
+        self.core.push(p.party, p.seq, p.ts, p.payload, arrival_ms);
     }
 
     fn is_active(&self) -> bool {
@@ -732,7 +623,7 @@ impl Worker {
                 // Nothing connected: sleep until told something, at no cost.
                 self.set_idle(true);
                 while let Ok(p) = packets.try_recv() {
-                    self.core.push(p.party, p.seq, p.payload);
+                    self.push(p);
                 }
                 match control.recv() {
                     Ok(c) => self.handle_control(c),
@@ -764,7 +655,7 @@ impl Worker {
             due += FRAME_DURATION;
             let mut taken = 0;
             while let Ok(p) = packets.try_recv() {
-                self.core.push(p.party, p.seq, p.payload);
+                self.push(p);
                 taken += 1;
             }
             self.stats.packets.fetch_add(taken, Ordering::Relaxed);
@@ -786,6 +677,12 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::opus_codec::Decoder;
+
+    /// A 20 ms packet of tick `t`, arriving on time.
+    fn push(mixer: &mut MixerCore, party: PartyId, t: usize, packet: Bytes) {
+        mixer.push(party, t as u16, (t * FRAME_SAMPLES) as u32, packet, t as f64 * 20.0);
+    }
     use crate::audio::{tone_share, AudioSource};
 
     fn packets(hz: f32, frames: usize) -> Vec<Bytes> {
@@ -807,7 +704,7 @@ mod tests {
         let mut heard: HashMap<PartyId, Vec<i16>> = HashMap::new();
         for t in 0..50 {
             for ((p, _), s) in tones.iter().zip(&streams) {
-                mixer.push(*p, t as u16, s[t].clone());
+                push(&mut mixer, *p, t, s[t].clone());
             }
             for out in mixer.tick() {
                 let f = decoders.get_mut(&out.party).unwrap().decode(Some(&out.packet)).unwrap();
@@ -846,7 +743,7 @@ mod tests {
                 100 => mixer.set_mic(a, true),
                 _ => {}
             }
-            mixer.push(a, t as u16, packet.clone());
+            push(&mut mixer, a, t, packet.clone());
             for out in mixer.tick().into_iter().filter(|o| o.party == b) {
                 heard.push(dec.decode(Some(&out.packet)).unwrap());
             }
@@ -873,7 +770,7 @@ mod tests {
                 mixer.set_mic(a, false);
             }
             let pcm = if loud { src.next_frame() } else { vec![0; FRAME_SAMPLES] };
-            mixer.push(a, t as u16, Bytes::from(enc.encode(&pcm).unwrap()));
+            push(&mut mixer, a, t, Bytes::from(enc.encode(&pcm).unwrap()));
             mixer.tick();
             for c in mixer.take_talking() {
                 assert_eq!(c.party, a, "the silent listener never talks");
@@ -927,18 +824,6 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_packet_is_concealed_and_late_packets_are_dropped() {
-        let mut jb = JitterBuffer::default();
-        jb.push(65534, Bytes::from_static(b"a"));
-        jb.push(0, Bytes::from_static(b"c")); // wrapped, 65535 missing
-        assert_eq!(jb.pop(), Pop::Packet(Bytes::from_static(b"a")));
-        assert_eq!(jb.pop(), Pop::Lost);
-        jb.push(65535, Bytes::from_static(b"b")); // too late now
-        assert_eq!(jb.pop(), Pop::Packet(Bytes::from_static(b"c")));
-        assert_eq!(jb.pop(), Pop::Empty);
-    }
-
-    #[test]
     fn the_limiter_keeps_a_loud_sum_under_full_scale_without_flat_tops() {
         let mut lim = Limiter::default();
         let mut out = Vec::new();
@@ -978,7 +863,7 @@ mod tests {
             for t in 0..100 {
                 // The packets due by the end of this tick.
                 while next < stream.len() && next * ms < (t + 1) * 20 {
-                    mixer.push(PartyId(1), next as u16, stream[next].clone());
+                    mixer.push(PartyId(1), next as u16, (next * 48 * ms) as u32, stream[next].clone(), (next * ms) as f64);
                     next += 1;
                 }
                 for out in mixer.tick() {
@@ -1009,7 +894,7 @@ mod tests {
         mixer.set_expected_loss(b, 5);
         mixer.set_expected_loss(c, 20);
         for (t, packet) in tone.iter().enumerate().take(20) {
-            mixer.push(a, t as u16, packet.clone());
+            push(&mut mixer, a, t, packet.clone());
             mixer.tick();
         }
         assert_eq!(mixer.encoder_expected_loss(a), Some(10), "the speaker's own encoder: its own loss");
@@ -1019,7 +904,7 @@ mod tests {
         mixer.set_expected_loss(a, 25);
         mixer.set_expected_loss(c, 3);
         for (t, packet) in tone.iter().enumerate().skip(20) {
-            mixer.push(a, t as u16, packet.clone());
+            push(&mut mixer, a, t, packet.clone());
             mixer.tick();
         }
         assert_eq!(mixer.encoder_expected_loss(a), Some(25));
@@ -1037,8 +922,8 @@ mod tests {
         mixer.add(b).unwrap();
         mixer.set_expected_loss(PartyId(9), 50); // unknown: ignored
         for t in 0..30 {
-            mixer.push(a, t as u16, ta[t].clone());
-            mixer.push(b, t as u16, tb[t].clone());
+            push(&mut mixer, a, t, ta[t].clone());
+            push(&mut mixer, b, t, tb[t].clone());
             mixer.tick();
         }
         // Both speak: nobody hears the shared mix.
@@ -1064,7 +949,7 @@ mod tests {
             mixer.set_expected_loss(b, loss);
             let mut heard = Vec::new();
             for (t, packet) in stream.iter().enumerate() {
-                mixer.push(a, t as u16, packet.clone());
+                push(&mut mixer, a, t, packet.clone());
                 heard.extend(mixer.tick().into_iter().filter(|o| o.party == b).map(|o| o.packet));
             }
             // The first packet of the mix that holds the new tone is the one lost (wherever the
@@ -1136,13 +1021,13 @@ mod tests {
         let mixer = Mixer::spawn(MixerConfig { packet_queue: 4, ..MixerConfig::default() }).unwrap();
         // Idle, the mixer wakes for the first packet; flood it far past its queue meanwhile.
         for seq in 0..1000u16 {
-            mixer.packet(PartyId(9), seq, Bytes::from_static(b"x"));
+            mixer.packet(PartyId(9), seq, u32::from(seq) * 960, Bytes::from_static(b"x"));
         }
         for p in 1..=50 {
             mixer.add(PartyId(p), track());
         }
         for seq in 0..1000u16 {
-            mixer.packet(PartyId(9), seq, Bytes::from_static(b"x"));
+            mixer.packet(PartyId(9), seq, u32::from(seq) * 960, Bytes::from_static(b"x"));
         }
         for p in 1..=25 {
             mixer.remove(PartyId(p));

@@ -257,7 +257,7 @@ impl PartyMedia {
                     match remote.read_rtp().await {
                         Ok((packet, _)) => {
                             last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                            mixer.packet(party, packet.header.sequence_number, packet.payload);
+                            mixer.packet(party, packet.header.sequence_number, packet.header.timestamp, packet.payload);
                         }
                         Err(e) => break guard::reader_failure(&e),
                     }

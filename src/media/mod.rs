@@ -5,10 +5,13 @@
 //! implements it in memory for the sequence tests. [`sdp`] reads the offer (step 9) and writes
 //! the core's answer (step 15); neither the engine nor the SDP code knows about signaling.
 //! [`rtcp`] turns the receiver reports on an outgoing stream into the encoder's expected loss and
-//! the round-trip time, for the SDK and the core alike.
+//! the round-trip time, for the SDK and the core alike; [`playout`] is the receive path's
+//! adaptive jitter buffer, FEC recovery and concealment, for both as well.
 
 pub mod fake;
 pub mod guard;
+pub mod playout;
+mod receive;
 pub mod rtc;
 pub mod rtcp;
 pub mod sdp;

@@ -2,10 +2,12 @@
 //!
 //! The PeerConnection offers one `sendrecv` audio section (Opus 48 kHz, the `ssrc-audio-level`
 //! and `sdes:mid` header extensions) and is a full ICE agent; the core is ICE-lite. Loopback
-//! candidates are gathered too, so a core on `127.0.0.1` is reached. After step 19 two tasks run:
-//! one sends a 20 ms Opus frame of the local source per tick, one reads the remote track, conceals
-//! lost packets, decodes, and hands each frame to the application. [`RtcMedia::close`] stops both
-//! and closes the PeerConnection.
+//! candidates are gathered too, so a core on `127.0.0.1` is reached. After step 19 two tasks run
+//! for the life of the media layer, through reconnections: the pump sends a 20 ms Opus frame of
+//! the local source per tick on the current PeerConnection, and the play-out task (`receive`,
+//! on [`super::playout`]) hands the application a frame every 20 ms from what the current
+//! PeerConnection's reader gives it. [`RtcMedia::close`] stops both and closes the
+//! PeerConnection.
 //!
 //! From step 6 a third task reads the RTCP the core sends on our stream: its receiver reports
 //! set the encoder's expected loss, so the in-band FEC follows the path (with
@@ -41,6 +43,7 @@ use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
 use super::guard::{GuardedMux, SsrcBudget};
+use super::receive::Receive;
 use super::rtcp::{ntp_middle, LossEstimator, SenderFeedback};
 use super::sdp::{EXT_AUDIO_LEVEL, EXT_SDES_MID};
 use super::{IceServer, MediaEngine};
@@ -91,6 +94,9 @@ pub struct RtcMedia {
     /// until [`RtcMedia::close`] (it outlives reconnections), and where it sends: the current
     /// PeerConnection's track, or nowhere.
     pump: Option<(watch::Sender<Option<Arc<TrackLocalStaticSample>>>, JoinHandle<()>)>,
+    /// The play-out task (jitter buffer, decoder), from the first step 19 until
+    /// [`RtcMedia::close`]: each PeerConnection's reader feeds it.
+    receive: Option<Receive>,
     /// Whether the local audio is sent (else silence frames are).
     sending: Arc<AtomicBool>,
     /// What the media measures.
@@ -156,6 +162,7 @@ impl RtcMedia {
             reader: watch::channel(None),
             tasks: Vec::new(),
             pump: None,
+            receive: None,
             sending: Arc::new(AtomicBool::new(true)),
             stats: StatsCell::new(),
             expected_loss: Arc::new(AtomicU8::new(LossEstimator::new(options.fec).expected_loss_percent())),
@@ -298,55 +305,11 @@ impl MediaEngine for RtcMedia {
                 self.pump = Some((to, task));
             }
         }
-        let mut decoder = opus_codec::Decoder::new()?;
-
-        let reader = self.reader.0.clone();
-        let stats = self.stats.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let mut last_seq: Option<u16> = None;
-            loop {
-                let packet = match remote.read_rtp().await {
-                    Ok((packet, _)) => {
-                        stats.update(|s| {
-                            s.received.packets += 1;
-                            s.received.bytes += packet.payload.len() as u64;
-                        });
-                        packet
-                    }
-                    Err(e) => {
-                        // A reader that dies is the end of the call, reported at once.
-                        if let Some(reason) = super::guard::reader_failure(&e) {
-                            let _ = reader.send(Some(reason));
-                        }
-                        break;
-                    }
-                };
-                let seq = packet.header.sequence_number;
-                if let Some(last) = last_seq {
-                    let gap = seq.wrapping_sub(last);
-                    if gap == 0 || gap > 0x8000 {
-                        continue; // duplicate or late: already concealed
-                    }
-                    // Conceal up to five lost packets (100 ms); a longer gap is a pause.
-                    for _ in 1..gap.min(6) {
-                        if let Ok(f) = decoder.decode(None) {
-                            let _ = heard.send(f);
-                        }
-                    }
-                }
-                last_seq = Some(seq);
-                if packet.payload.is_empty() {
-                    continue;
-                }
-                match decoder.decode(Some(&packet.payload)) {
-                    // Without a listener the frame is dropped; reading goes on so nothing backs up.
-                    Ok(f) => {
-                        let _ = heard.send(f);
-                    }
-                    Err(e) => tracing::debug!("undecodable Opus packet {seq}: {e}"),
-                }
-            }
-        }));
+        if self.receive.is_none() {
+            self.receive = Some(Receive::spawn(heard, self.options.jitter_buffer, self.options.fec, self.stats.clone())?);
+        }
+        let receive = self.receive.as_ref().expect("just set");
+        self.tasks.push(receive.read(remote, self.stats.clone(), self.reader.0.clone()));
         Ok(())
     }
 
@@ -403,6 +366,9 @@ impl MediaEngine for RtcMedia {
         let _ = self.restart().await;
         if let Some((_, task)) = self.pump.take() {
             task.abort();
+        }
+        if let Some(r) = self.receive.take() {
+            r.stop();
         }
     }
 }
