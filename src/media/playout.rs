@@ -19,12 +19,12 @@
 //!
 //! The target delay follows the measured delay variation: the 95th percentile of each packet's
 //! delay relative to the fastest of the last [`WINDOW`] packets (5 s), plus a frame of slack,
-//! bounded to [`MIN_DELAY`] (two frames with FEC: the next packet must be there when one is
-//! lost) to [`MAX_DELAY`]. A packet that arrives after its play-out time makes it use the maximum
-//! instead of the 95th percentile for the next [`LATE_HOLD`] (it grows after late bursts and
+//! bounded to [`MIN_DELAY_FEC_MS`] (two frames with FEC: the next packet must be there when one is
+//! lost) to [`MAX_DELAY_MS`]. A packet that arrives after its play-out time makes it use the maximum
+//! instead of the 95th percentile for the next [`LATE_HOLD_MS`] (it grows after late bursts and
 //! shrinks back when they stop). When the buffer holds more than the target by
-//! [`DRAIN_MARGIN`], a decoded frame is dropped: a quiet one first, any one when the excess is
-//! over [`DRAIN_FORCE`]; at most one in [`DRAIN_SPACING`] frames.
+//! [`DRAIN_MARGIN_MS`], a decoded frame is dropped: a quiet one first, any one when the excess is
+//! over [`DRAIN_FORCE_MS`]; at most one in [`DRAIN_SPACING`] frames.
 //!
 //! The type is pure (no clock, no IO): arrival times are given in milliseconds from any epoch,
 //! so the tests drive it packet by packet.
@@ -484,10 +484,9 @@ impl Playout {
                     (at..at + SEAM).map(|i| (f64::from(cont[i]) - f64::from(self.scratch[i])).powi(2)).sum::<f64>()
                 };
                 let at = (0..=span - SEAM).step_by(4).min_by(|&a, &b| mismatch(a).total_cmp(&mismatch(b))).unwrap_or(0);
-                for i in 0..at + SEAM {
+                for (i, (d, c)) in self.scratch.iter_mut().zip(&cont).take(at + SEAM).enumerate() {
                     let w = if i < at { 0.0 } else { (i - at) as f32 / SEAM as f32 };
-                    let d = &mut self.scratch[i];
-                    *d = (f32::from(*d) * w + f32::from(cont[i]) * (1.0 - w)) as i16;
+                    *d = (f32::from(*d) * w + f32::from(*c) * (1.0 - w)) as i16;
                 }
             }
         }
@@ -522,6 +521,9 @@ impl Playout {
 pub const HISTORY: usize = 2 * FRAME_SAMPLES;
 /// Samples over which play crosses from a repeated period back to decoded audio (2 ms).
 pub const SEAM: usize = 96;
+/// Samples at each end of the first decoded frame after a periodic concealment whose level is
+/// matched (5 ms).
+pub const LEVEL_SPAN: usize = 240;
 /// Samples of the first decoded frame after a periodic concealment searched for the best
 /// point to merge into it (5 ms).
 pub const MERGE_SEARCH: usize = 240;
@@ -606,34 +608,31 @@ impl Periodic {
     }
 }
 
-/// Scales `frame`, the first decoded after a periodic concealment, block by block ([`SEAM`]
-/// samples, gains interpolated between block centres) to the level the repeated period would
-/// have had there; each block's gain is bounded to a quarter to four times.
+/// Scales `frame`, the first decoded after a periodic concealment, to the level the repeated
+/// period would have had: the gain that matches the first [`LEVEL_SPAN`] samples at the start,
+/// the one that matches the last at the end, a straight line between (a smooth gain; one that
+/// moved from block to block would modulate the audio). Each gain is bounded to a quarter to
+/// four times.
 fn match_level(p: &Periodic, history: &[i16], frame: &mut [i16]) {
     let n = frame.len();
-    if n == 0 {
+    if n < 2 * LEVEL_SPAN {
         return;
     }
     let mut cont = Vec::with_capacity(n);
     p.extend(history, n, &mut cont);
     let rms = |x: &[i16]| (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt();
-    let gains: Vec<f64> = (0..n.div_ceil(SEAM))
-        .map(|b| {
-            let r = b * SEAM..((b + 1) * SEAM).min(n);
-            let (c, d) = (rms(&cont[r.clone()]), rms(&frame[r]));
-            if d < 1.0 {
-                1.0
-            } else {
-                (c / d).clamp(0.25, 4.0)
-            }
-        })
-        .collect();
-    let last = gains.len() - 1;
+    let gain = |r: std::ops::Range<usize>| {
+        let (c, d) = (rms(&cont[r.clone()]), rms(&frame[r]));
+        if d < 1.0 {
+            1.0
+        } else {
+            (c / d).clamp(0.25, 4.0)
+        }
+    };
+    let (g0, g1) = (gain(0..LEVEL_SPAN), gain(n - LEVEL_SPAN..n));
     for (i, s) in frame.iter_mut().enumerate() {
-        let x = (i as f64 / SEAM as f64 - 0.5).max(0.0);
-        let (b, t) = (x.floor() as usize, x.fract());
-        let g = gains[b.min(last)] * (1.0 - t) + gains[(b + 1).min(last)] * t;
-        *s = (f64::from(*s) * g).clamp(-32768.0, 32767.0) as i16;
+        let t = i as f64 / (n - 1) as f64;
+        *s = (f64::from(*s) * (g0 + (g1 - g0) * t)).clamp(-32768.0, 32767.0) as i16;
     }
 }
 
@@ -848,8 +847,8 @@ mod tests {
         let mut ts = 0u32;
         let mut f = Vec::new();
         let mut plan: Vec<(f64, u16, u32, Bytes)> = Vec::new();
-        for i in 0..20 {
-            plan.push((f64::from(ts) / 48.0, seq, ts, tone[i].clone()));
+        for packet in &tone[..20] {
+            plan.push((f64::from(ts) / 48.0, seq, ts, packet.clone()));
             seq += 1;
             ts += 960;
         }
@@ -858,8 +857,8 @@ mod tests {
             seq += 1;
             ts += 960 * 20;
         }
-        for i in 20..40 {
-            plan.push((f64::from(ts) / 48.0, seq, ts, tone[i].clone()));
+        for packet in &tone[20..40] {
+            plan.push((f64::from(ts) / 48.0, seq, ts, packet.clone()));
             seq += 1;
             ts += 960;
         }
