@@ -13,12 +13,16 @@
 //     --wav /tmp/tone.wav --seconds 4 --freqs 440,660 [--cluster 1] [--relay] [--timeout 30] \
 //     [--chromium /usr/bin/chromium] [--verbose] [--sdp]
 //
+// --record FILE records --seconds of what the page plays (after --settle seconds, 1 by default)
+// into FILE as 48 kHz mono 16-bit WAV instead of measuring tone levels, and reports
+// {"ok":true,"steps":[...],"recorded":{"file":...,"rate":48000,"samples":N}}.
+//
 // --sdp adds to the report the offer's SDP, the CALLME_S2 params taken from it, servufrag as the
 // page read it, and the answer SDP the page wrote (to compare with the SDK's own).
 //
 // The browser's microphone is Chromium's fake capture device, fed from --wav when given.
 
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -38,6 +42,8 @@ function parseArgs(argv) {
     chromium: process.env.CHROMIUM || '/usr/bin/chromium',
     verbose: false,
     sdp: false,
+    record: null,
+    settle: 1,
   };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
@@ -58,6 +64,8 @@ function parseArgs(argv) {
       case '--chromium': opts.chromium = value(); break;
       case '--verbose': opts.verbose = true; break;
       case '--sdp': opts.sdp = true; break;
+      case '--record': opts.record = value(); break;
+      case '--settle': opts.settle = Number(value()); break;
       default: throw new Error(`unknown argument ${key}`);
     }
   }
@@ -67,6 +75,52 @@ function parseArgs(argv) {
   if (opts.freqs.some((f) => !(f > 0))) throw new Error('--freqs must be positive numbers, comma-separated');
   if (!(opts.timeout > 0)) throw new Error('--timeout must be a positive number');
   return opts;
+}
+
+// In the page: records `ms` of the remote track as the page plays it, through WebAudio at
+// 48 kHz, and returns it as base64 little-endian 16-bit PCM.
+async function recordRemote(ms) {
+  const receiver = window.callme.pc.getReceivers().find((r) => r.track && r.track.kind === 'audio');
+  if (!receiver) throw new Error('no remote audio track to record');
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.resume();
+  const src = ctx.createMediaStreamSource(new MediaStream([receiver.track]));
+  const proc = ctx.createScriptProcessor(4096, 1, 1);
+  const chunks = [];
+  proc.onaudioprocess = (e) => chunks.push(new Float32Array(e.inputBuffer.getChannelData(0)));
+  src.connect(proc);
+  // A script processor runs only while connected onward.
+  proc.connect(ctx.destination);
+  await new Promise((r) => setTimeout(r, ms));
+  proc.disconnect();
+  src.disconnect();
+  const n = chunks.reduce((a, c) => a + c.length, 0);
+  const pcm = new Int16Array(n);
+  let o = 0;
+  for (const c of chunks) for (const x of c) pcm[o++] = Math.max(-32768, Math.min(32767, Math.round(x * 32767)));
+  const bytes = new Uint8Array(pcm.buffer);
+  let bin = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  await ctx.close();
+  return { rate: ctx.sampleRate, samples: n, b64: btoa(bin) };
+}
+
+// Writes mono 16-bit PCM as a WAV file.
+function writeWav(file, rate, pcm) {
+  const h = Buffer.alloc(44);
+  h.write('RIFF', 0);
+  h.writeUInt32LE(36 + pcm.length, 4);
+  h.write('WAVEfmt ', 8);
+  h.writeUInt32LE(16, 16);
+  h.writeUInt16LE(1, 20);
+  h.writeUInt16LE(1, 22);
+  h.writeUInt32LE(rate, 24);
+  h.writeUInt32LE(rate * 2, 28);
+  h.writeUInt16LE(2, 32);
+  h.writeUInt16LE(16, 34);
+  h.write('data', 36);
+  h.writeUInt32LE(pcm.length, 40);
+  writeFileSync(file, Buffer.concat([h, pcm]));
 }
 
 let finished = false;
@@ -148,8 +202,14 @@ async function main() {
     }
     log(`joined: ${steps.map((s) => `${s.n}@${s.ms}`).join(' ')}`);
 
-    // A settling second, then the measurement.
-    await page.waitForTimeout(1000);
+    // A settling time (a second unless --settle), then the measurement.
+    await page.waitForTimeout(Math.round(opts.settle * 1000));
+    if (opts.record) {
+      const rec = await page.evaluate(recordRemote, Math.round(opts.seconds * 1000));
+      writeWav(opts.record, rec.rate, Buffer.from(rec.b64, 'base64'));
+      report({ ok: true, steps, recorded: { file: opts.record, rate: rec.rate, samples: rec.samples } }, 0);
+      return;
+    }
     const levels = await page.evaluate(
       ([freqs, ms]) => window.callme.toneLevels(freqs, ms),
       [opts.freqs, Math.round(opts.seconds * 1000)],

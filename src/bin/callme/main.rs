@@ -3,6 +3,7 @@
 mod bench;
 mod bench_life;
 mod bench_outage;
+mod bench_quality;
 mod child;
 mod life;
 mod soak;
@@ -42,6 +43,9 @@ enum Command {
     BenchLife(bench_life::BenchLifeArgs),
     /// How fast a call comes back: blackouts of the media path and core restarts, timed.
     BenchOutage(bench_outage::BenchOutageArgs),
+    /// How speech sounds through loss (PESQ, against Chromium and the naive path), and
+    /// mouth-to-ear latency with and without jitter.
+    BenchQuality(bench_quality::BenchQualityArgs),
     /// Join/leave churn against a core in a child process: its memory, files, threads and tasks.
     Soak(soak::SoakArgs),
     /// Read a password from standard input (one line) and print its argon2id PHC string, for
@@ -449,6 +453,7 @@ fn main() -> ExitCode {
             Command::Bench(a) => bench::run(a).await,
             Command::BenchLife(a) => bench_life::run(a).await,
             Command::BenchOutage(a) => bench_outage::run(a).await,
+            Command::BenchQuality(a) => bench_quality::run(a).await,
             Command::Soak(a) => soak::run(a).await,
             Command::HashPassword => hash_password(),
         }
