@@ -15,9 +15,10 @@
 //! stream, as the frame holding it is handed to the application. It is measured over a clean
 //! link and over 0–30 ms of jitter both ways, for the SDK as it is and for the naive path.
 //!
-//! Prints a table and writes everything to a JSON file. Run it in a loopback-only network
-//! namespace, as the tests are: `unshare --net bash -c 'ip link set lo up && callme
-//! bench-quality'`.
+//! Prints a table and writes everything to a JSON file. `bash tests/quality/setup.sh` first
+//! (espeak-ng, and a Python with numpy, scipy and pesq in `target/quality-venv`), then run it in a
+//! loopback-only network namespace, as the tests are: `unshare --net bash -c 'ip link set lo up
+//! && callme bench-quality'`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -147,13 +148,16 @@ fn speech(dir: &Path) -> Result<PathBuf, String> {
     Ok(sent)
 }
 
-/// The Python that has numpy, scipy and pesq (from `tests/quality/setup.sh`).
+/// The Python that has numpy, scipy and pesq: `tests/quality/setup.sh` makes it (outside the
+/// namespace: it installs from PyPI).
 fn python() -> Result<String, String> {
-    let out = std::process::Command::new("bash").arg("tests/quality/setup.sh").output().map_err(|e| format!("tests/quality/setup.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("tests/quality/setup.sh failed: {}", String::from_utf8_lossy(&out.stderr)));
+    let venv = "target/quality-venv/bin/python";
+    let ok = std::process::Command::new(venv).args(["-c", "import numpy, scipy, pesq"]).status().is_ok_and(|s| s.success());
+    if ok {
+        Ok(venv.to_owned())
+    } else {
+        Err(format!("{venv} cannot import numpy, scipy and pesq: run `bash tests/quality/setup.sh` first"))
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("python3").trim().to_owned())
 }
 
 /// PESQ of each recording against the sent speech: the median over its loops.
